@@ -1,0 +1,103 @@
+"""The numbers that make a model SDXL base, SDXL refiner or nano SDXL.
+
+Every architecture in this package is built from one of two plain dataclasses. The
+released checkpoints differ only in these numbers, and the loader reads them back from
+the tensors' shapes (`sdxl_edu.loading`), so a config is also a description of a file.
+
+Where a number comes from (SDXL paper, arXiv 2307.01952, section 2.1 and table 1; the
+released `sd_xl_base.yaml` / `sd_xl_refiner.yaml` of Stability's generative-models):
+
+- base: three levels of 320, 640, 1280 channels; no attention at the first level (it runs
+  at 128x128 latents, where attention is expensive), 2 and 10 transformer blocks per
+  SpatialTransformer below, 10 in the middle; context 2048 = 768 (CLIP-L) + 1280 (bigG).
+- refiner: four levels of 384, 768, 1536, 1536; attention at the middle two levels only,
+  4 blocks each; context 1280 (bigG alone).
+
+>>> SDXL_BASE.time_embed_dim, SDXL_BASE.num_levels
+(1280, 3)
+>>> [SDXL_BASE.level_channels(i) for i in range(3)]
+[320, 640, 1280]
+>>> SDXL_REFINER.transformer_depth
+(0, 4, 4, 0)
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of an SDXL-style UNet (the names follow sgm's `UNetModel` arguments).
+
+    >>> cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1),
+    ...                  transformer_depth_middle=1, num_head_channels=16, context_dim=48,
+    ...                  adm_in_channels=64)
+    >>> cfg.num_heads(1)
+    4
+    """
+
+    model_channels: int = 320  # C: width of the first level; level i has C * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
+    transformer_depth: tuple[int, ...] = (0, 2, 10)  # blocks per SpatialTransformer; 0 = none
+    transformer_depth_middle: int = 10
+    num_head_channels: int = 64  # SDXL fixes the head width; the head count follows
+    context_dim: int = 2048  # width of the text tokens cross-attention reads
+    adm_in_channels: int = 2816  # width of the vector y (pooled text + micro-conditioning)
+    in_channels: int = 4
+    out_channels: int = 4
+    norm_groups: int = 32  # GroupNorm groups in every ResBlock and SpatialTransformer
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mult)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep embedding: 4 C, as in the DDPM UNet."""
+        return 4 * self.model_channels
+
+    def level_channels(self, level: int) -> int:
+        return self.model_channels * self.channel_mult[level]
+
+    def num_heads(self, level: int) -> int:
+        return self.level_channels(level) // self.num_head_channels
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Shape of the KL autoencoder (sgm's `Encoder`/`Decoder` "ddconfig").
+
+    The image shrinks by 2 at every level but the last: f = 2 ** (len(ch_mult) - 1).
+
+    >>> SDXL_VAE.downsampling_factor
+    8
+    """
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2  # per encoder level; the decoder has one more
+    z_channels: int = 4
+    in_channels: int = 3
+    out_ch: int = 3
+    norm_groups: int = 32
+    # Latents are multiplied by this before diffusion so they have unit variance.
+    # SDXL's autoencoder was retrained, so the SD 1.x value 0.18215 does not apply.
+    scaling_factor: float = 0.13025
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+SDXL_BASE = UNetConfig()
+
+SDXL_REFINER = UNetConfig(
+    model_channels=384,
+    channel_mult=(1, 2, 4, 4),
+    transformer_depth=(0, 4, 4, 0),
+    transformer_depth_middle=4,
+    context_dim=1280,
+    adm_in_channels=2560,
+)
+
+SDXL_VAE = VAEConfig()
