@@ -1,0 +1,15 @@
+"""sdxl-edu: a readable Stable Diffusion XL that loads the released weights.
+
+>>> import sdxl_edu
+>>> sdxl_edu.SDXL_BASE.context_dim  # 768 (CLIP-L) + 1280 (OpenCLIP bigG)
+2048
+"""
+
+from .checkpoint import CheckpointError
+from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE, UNetConfig, VAEConfig
+from .loading import load_pipeline
+from .pipeline import Pipeline
+
+__all__ = ["load_pipeline", "Pipeline", "CheckpointError", "UNetConfig", "VAEConfig",
+           "SDXL_BASE", "SDXL_REFINER", "SDXL_VAE"]
+__version__ = "0.1.0"
