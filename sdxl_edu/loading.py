@@ -218,31 +218,19 @@ def load_single_file(path: Path, dtype: torch.dtype, device, tokenizers=None) ->
         vae = build(lambda: AutoencoderKL(vae_config), vae_tensors, vae_shapes, "VAE")
 
         bigg = openclip_to_transformers({k: t() for k, t in part(BIGG[kind])[1].items()})
-        text_encoder_2 = build_text_encoder(bigg, True, "gelu", dtype, **extra.get("text_encoder_2", {}))
+        text_encoder_2 = build_text_encoder(bigg, True, dtype=dtype, device=device,
+                                            **{"hidden_act": "gelu", **extra.get("text_encoder_2", {})})
         text_encoder = None
         if kind == "base":
             clip_l = {k: t() for k, t in part(CLIP_L)[1].items() if not k.endswith("position_ids")}
-            text_encoder = build_text_encoder(clip_l, False, "quick_gelu", dtype, **extra.get("text_encoder", {}))
+            text_encoder = build_text_encoder(clip_l, False, dtype=dtype, device=device,
+                                              **{"hidden_act": "quick_gelu", **extra.get("text_encoder", {})})
 
     tok, tok_2 = find_tokenizers(path, tokenizers, need_first=kind == "base")
-    conditioner = Conditioner(tok, _materialize(text_encoder, device), tok_2, _materialize(text_encoder_2, device),
+    conditioner = Conditioner(tok, text_encoder, tok_2, text_encoder_2,
                               force_zeros_for_empty_prompt=kind == "base")
     return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind,
                 scheduler_config=extra.get("scheduler", {}))
-
-
-def _materialize(encoder, device):
-    """transformers keeps `position_ids` as a non-persistent buffer, which the meta-device
-    build leaves empty: fill it (0, 1, ..., 76)."""
-    if encoder is None:
-        return None
-    for name, buf in list(encoder.named_buffers()):
-        if buf.is_meta:
-            if not name.endswith("position_ids"):
-                raise RuntimeError(f"unexpected uninitialised buffer {name}")
-            owner = encoder.get_submodule(name.rsplit(".", 1)[0])
-            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-    return encoder.to(device)
 
 
 def find_tokenizers(path: Path, tokenizers, need_first: bool):
@@ -427,10 +415,9 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, device) -> dict:
         cfg = json.loads((folder / name / "config.json").read_text())
         with SafetensorsFile(str(_weights_file(folder / name, "model", dtype))) as f:
             sd = {k: f.get(k, dtype) for k in f.keys() if not k.endswith("position_ids")}
-        overrides = {k: cfg[k] for k in ("hidden_act", "num_attention_heads", "layer_norm_eps",
-                                         "bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
-        return _materialize(build_text_encoder(sd, with_projection, cfg.get("hidden_act", "gelu"), dtype,
-                                               **overrides), device)
+        settings = {k: cfg[k] for k in ("hidden_act", "num_attention_heads", "layer_norm_eps",
+                                        "bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
+        return build_text_encoder(sd, with_projection, dtype=dtype, device=device, **settings)
 
     text_encoder = encoder("text_encoder", False) if kind == "base" else None
     tok = load_tokenizer(str(folder / "tokenizer")) if kind == "base" else None

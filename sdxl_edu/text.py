@@ -149,8 +149,11 @@ def clip_config_from_state_dict(sd: dict[str, torch.Tensor], hidden_act: str,
 
 
 def build_text_encoder(sd: dict[str, torch.Tensor], with_projection: bool, hidden_act: str,
-                       dtype: torch.dtype = torch.float32, **overrides):
-    """Instantiate `CLIPTextModel` or `CLIPTextModelWithProjection` and load `sd` strictly."""
+                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **overrides):
+    """Instantiate `CLIPTextModel` or `CLIPTextModelWithProjection` and load `sd` strictly.
+
+    Built on the meta device (no memory, no random init), then filled with `sd`.
+    """
     config = clip_config_from_state_dict(sd, hidden_act, **overrides)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     with torch.device("meta"):
@@ -162,8 +165,21 @@ def build_text_encoder(sd: dict[str, torch.Tensor], with_projection: bool, hidde
         from .loading import CheckpointError
         raise CheckpointError(f"text encoder ({cls.__name__}) keys do not match: "
                               f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(device, dtype) for k, v in sd.items()}, strict=True, assign=True)
+    _fill_position_ids(model, device)
     return model.eval().requires_grad_(False)
+
+
+def _fill_position_ids(model, device) -> None:
+    """transformers keeps `position_ids` (0, 1, ..., 76) as a non-persistent buffer, so it is
+    not in any state dict and the meta-device build leaves it empty: fill it."""
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            if not name.endswith("position_ids"):
+                raise RuntimeError(f"unexpected uninitialised buffer {name}")
+            owner = model.get_submodule(name.rsplit(".", 1)[0])
+            owner.register_buffer("position_ids", torch.arange(buf.shape[-1], device=device).expand(buf.shape),
+                                  persistent=False)
 
 
 def _match_prefix(sd: dict, expected) -> dict:
