@@ -29,7 +29,7 @@ name exactly (`make_plan`), so a run here ends where the diffusers loop ends.
 >>> from sdxl_edu.schedule import NoiseSchedule
 >>> plan = make_plan(NoiseSchedule(), "euler", 4)
 >>> plan.timesteps.tolist(), [round(s, 3) for s in plan.sigmas.tolist()]
-([751.0, 501.0, 251.0, 1.0], [3.9, 1.444, 0.602, 0.041, 0.0])
+([751.0, 501.0, 251.0, 1.0], [4.117, 1.624, 0.698, 0.041, 0.0])
 >>> x0 = torch.ones(1, 4, 2, 2)       # a "model" that knows the answer: eps = (x - x0) / sigma
 >>> out = euler(lambda x, sigma, t: (x - x0) / sigma, plan.init_noise_sigma * torch.randn(1, 4, 2, 2), plan)
 >>> torch.allclose(out, x0)
