@@ -230,7 +230,7 @@ def load_single_file(path: Path, dtype: torch.dtype, device, tokenizers=None) ->
     conditioner = Conditioner(tok, text_encoder, tok_2, text_encoder_2,
                               force_zeros_for_empty_prompt=kind == "base")
     return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind,
-                scheduler_config=extra.get("scheduler", {}))
+                scheduler_config=extra.get("scheduler", {}), default_size=extra.get("default_size"))
 
 
 def find_tokenizers(path: Path, tokenizers, need_first: bool):
@@ -402,7 +402,8 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, device) -> dict:
     index = json.loads((folder / "model_index.json").read_text())
     kind = "refiner" if not (index.get("text_encoder") or [None])[0] else "base"
 
-    unet_config = read_diffusers_unet_config(json.loads((folder / "unet" / "config.json").read_text()))
+    unet_json = json.loads((folder / "unet" / "config.json").read_text())
+    unet_config = read_diffusers_unet_config(unet_json)
     unet = _build_from_diffusers(folder / "unet", lambda: UNet(unet_config), diffusers_unet_names(unet_config),
                                  dtype, device, "UNet")
     vae_config = read_diffusers_vae_config(json.loads((folder / "vae" / "config.json").read_text()))
@@ -426,7 +427,8 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, device) -> dict:
                               force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", kind == "base"))
     scheduler = folder / "scheduler" / "scheduler_config.json"
     return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind,
-                scheduler_config=json.loads(scheduler.read_text()) if scheduler.is_file() else {})
+                scheduler_config=json.loads(scheduler.read_text()) if scheduler.is_file() else {},
+                default_size=unet_json.get("sample_size", 128) * vae_config.downsampling_factor)
 
 
 def _weights_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:

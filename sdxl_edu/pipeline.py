@@ -1,32 +1,59 @@
-"""The pipeline: the loaded parts of SDXL and what a user calls on them.
+"""The pipeline: the loaded parts of SDXL and one generation, step by step.
 
-    prompt -> tokens -> text encoders -> context, pooled  (sdxl_edu.conditioning)
-                                   pooled + sizes -> y    (sdxl_edu.conditioning)
-    noise -> sampler loop over unet(x_t, t, context, y)   (sdxl_edu.samplers, guidance)
-          -> latents / scaling_factor -> vae.decode -> image
+    prompt -> tokens -> text encoders -> context, pooled  (conditioning.py, text.py)
+                                   pooled + sizes -> y    (conditioning.py)
+    noise -> sampler over denoise(x, sigma, t)            (samplers.py)
+             denoise = UNet twice, guidance               (unet.py, guidance.py)
+          -> latents / scaling_factor -> VAE decode -> image   (vae.py)
 
-`load_pipeline` (sdxl_edu.loading) builds a `Pipeline` from a checkpoint; the attribute
-names follow diffusers' (`unet`, `vae`, `text_encoder`, `text_encoder_2`, `tokenizer`,
-`tokenizer_2`, `encode_prompt`) so users can move between the two.
+`load_pipeline` (loading.py) builds a `Pipeline`; its attribute and argument names follow
+diffusers' (`unet`, `vae`, `text_encoder_2`, `encode_prompt`, `guidance_scale`,
+`denoising_end`, ...) and so do its defaults and semantics, so results can be compared
+with diffusers' `StableDiffusionXLPipeline` / `StableDiffusionXLImg2ImgPipeline` number for
+number. One call covers what diffusers splits over several pipelines:
+
+- text to image: `pipe(prompt)`;
+- image to image: `pipe(prompt, image=picture, strength=0.6)`: noise the picture's latents to
+  the point `strength` of the way up the schedule and re-run that fraction of the steps;
+- inpainting: add `mask_image=` (white = repaint); after each step the known region is
+  replaced by the picture's latents noised to the same level;
+- the ensemble of experts: `base(..., denoising_end=0.8, output_type="latent")` stops at
+  t = 200, `refiner(..., image=latents, denoising_start=0.8)` continues from there without
+  adding noise; or the refiner as img2img on a finished image (`strength=0.3`).
 """
 
-import torch
+from dataclasses import dataclass
 
-from .conditioning import Conditioner, PromptEmbeddings
+import numpy as np
+import torch
+from PIL import Image
+
+from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_ids, vector_y
 from .config import UNetConfig
+from .guidance import classifier_free_guidance, classifier_gradient, classifier_guidance, rescale_guidance
+from .samplers import SAMPLERS, Plan, Step, make_plan
+from .schedule import NoiseSchedule
 from .unet import UNet
 from .vae import AutoencoderKL
+
+
+@dataclass
+class GenerationOutput:
+    images: list  # PIL images; for output_type="latent" the latents, as diffusers does
+    latents: torch.Tensor  # final latents in the scaled latent space (what the UNet sees at t = 0)
+    steps: list[Step] | None = None  # every step, when record=True
 
 
 class Pipeline:
     """SDXL base or refiner: UNet, VAE and the text conditioner, on one device and dtype."""
 
     def __init__(self, unet: UNet, vae: AutoencoderKL, conditioner: Conditioner, kind: str = "base",
-                 scheduler_config: dict | None = None, source: str = ""):
+                 scheduler_config: dict | None = None, source: str = "", default_size: int | None = None):
         self.unet, self.vae, self.conditioner = unet, vae, conditioner
         self.kind = kind  # "base" or "refiner"
-        self.scheduler_config = scheduler_config or {}
+        self.schedule = NoiseSchedule.from_config(scheduler_config)
         self.source = source
+        self.default_size = default_size or 128 * (vae.config.downsampling_factor if vae is not None else 8)
 
     # diffusers-style names for the parts
     unet_config = property(lambda self: self.unet.config, doc="The UNetConfig read from the checkpoint.")
@@ -69,6 +96,223 @@ class Pipeline:
         params = sum(p.numel() for p in self.unet.parameters())
         return (f"Pipeline(SDXL {self.kind} from {self.source!r}: UNet {params / 1e6:.1f}M parameters, "
                 f"{self.dtype}, {self.device})")
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+                 guidance_scale: float = 5.0, seed: int | None = None, generator: torch.Generator | None = None,
+                 latents: torch.Tensor | None = None, sampler: str = "euler",
+                 original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
+                 target_size: tuple[int, int] | None = None, negative_original_size: tuple[int, int] | None = None,
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
+                 negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
+                 negative_aesthetic_score: float = 2.5, denoising_start: float | None = None,
+                 denoising_end: float | None = None, image=None, strength: float = 0.3, mask_image=None,
+                 guidance_rescale: float = 0.0, clip_skip: int | None = None, force_zeros: bool | None = None,
+                 eta: float = 0.0, use_karras_sigmas: bool = False, classifier=None, class_labels=None,
+                 classifier_scale: float = 1.0, num_images_per_prompt: int = 1, output_type: str = "pil",
+                 callback=None, record: bool = False, progress: bool = True) -> GenerationOutput:
+        """Generate (or, with `image=`, transform) images; see the module docstring.
+
+        Classifier-free guidance runs whenever guidance_scale != 1 (diffusers skips it for
+        every scale <= 1; here s = 0 gives the unconditional model, which lessons need).
+        The negative branch's sizes default to the prompt's; its crop too, except on the
+        refiner, where it defaults to (0, 0) as in diffusers. (diffusers' base pipeline
+        switches its negative crop to (0, 0) once negative sizes are given: pass
+        negative_crops_coords_top_left to reproduce that.)
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts) * num_images_per_prompt
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        init_latents = None if image is None else self._image_latents(image, batch, generator)
+        if self.kind == "refiner" and init_latents is None:
+            raise ValueError("the refiner refines an image: pass image= (a picture or the base's latents)")
+        if init_latents is not None:
+            height, width = (d * self.vae_scale_factor for d in init_latents.shape[-2:])
+        height, width = height or self.default_size, width or self.default_size
+        self.check_image_size(height, width)
+
+        do_cfg = guidance_scale != 1.0
+        text = self.encode_prompt(prompts, negative_prompt, clip_skip, do_cfg, force_zeros)
+        sizes = dict(original_size=original_size or (height, width), crops=crops_coords_top_left,
+                     target_size=target_size or (height, width))
+        negative_sizes = dict(original_size=negative_original_size or sizes["original_size"],
+                              crops=negative_crops_coords_top_left
+                              or ((0, 0) if self.kind == "refiner" else crops_coords_top_left),
+                              target_size=negative_target_size or sizes["target_size"])
+        context, y = self._conditioning(text.context, text.pooled, sizes, aesthetic_score, num_images_per_prompt)
+        if do_cfg:
+            neg_context, neg_y = self._conditioning(text.negative_context, text.negative_pooled, negative_sizes,
+                                                    negative_aesthetic_score, num_images_per_prompt)
+            context, y = torch.cat([neg_context, context]), torch.cat([neg_y, y])
+
+        plan = self._plan(sampler, num_inference_steps, use_karras_sigmas, init_latents is not None, strength,
+                          denoising_start, denoising_end)
+        shape = (batch, self.unet_config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = latents if latents is not None else _randn(shape, generator)
+        noise = noise.to(self.device, torch.float32)
+        if init_latents is None:
+            x = noise * plan.init_noise_sigma
+        elif denoising_start is not None:  # the hand-off: continue from the given latents as they are
+            x = plan.to_sigma_view(init_latents)
+        else:
+            x = init_latents + plan.sigmas[0] * noise
+
+        denoise, branches = self._denoiser(context, y, guidance_scale, guidance_rescale, do_cfg, classifier,
+                                           class_labels, classifier_scale)
+        steps = [] if record else None
+        after_step = None
+        if mask_image is not None:
+            after_step = self._inpainting_blend(mask_image, init_latents, noise, plan)
+
+        def on_step(step: Step):
+            step.eps_uncond, step.eps_cond = branches.get("uncond"), branches.get("cond")
+            if steps is not None:
+                steps.append(Step(**{k: v.detach().cpu() if torch.is_tensor(v) else v
+                                     for k, v in step.__dict__.items()}))
+            if callback is not None:
+                callback(step)
+
+        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        x = SAMPLERS[sampler](denoise, x, plan, callback=on_step, generator=generator, progress=progress,
+                              after_step=after_step, **kwargs)
+        out_latents = plan.from_sigma_view(x)
+        images = out_latents if output_type == "latent" else self.decode(out_latents, output_type)
+        return GenerationOutput(images, out_latents, steps)
+
+    def _conditioning(self, context, pooled, sizes, aesthetic_score, repeats):
+        """Repeat the text embeddings per image and build y for one guidance branch."""
+        context, pooled = context.repeat_interleave(repeats, 0), pooled.repeat_interleave(repeats, 0)
+        if self.kind == "refiner":
+            ids = micro_conditioning_ids(sizes["original_size"], sizes["crops"], aesthetic_score=aesthetic_score)
+        else:
+            ids = micro_conditioning_ids(sizes["original_size"], sizes["crops"], target_size=sizes["target_size"])
+        y = vector_y(pooled, ids)
+        if y.shape[1] != self.unet_config.adm_in_channels:
+            raise ValueError(f"the UNet expects a conditioning vector of {self.unet_config.adm_in_channels} numbers, "
+                             f"got {y.shape[1]} (pooled {pooled.shape[1]} + {len(ids)} x 256)")
+        return context.to(self.dtype), y.to(self.dtype)
+
+    def _plan(self, sampler, steps, karras, img2img, strength, denoising_start, denoising_end) -> Plan:
+        """The part of the schedule this call runs (diffusers' get_timesteps and denoising_end)."""
+        plan = make_plan(self.schedule, sampler, steps, karras)
+        T = self.schedule.num_train_timesteps
+        if denoising_start is not None:
+            cutoff = int(round(T - denoising_start * T))
+            plan = plan[int((plan.timesteps >= cutoff).sum()):]
+        elif img2img:
+            init = min(int(steps * strength), steps)
+            plan = plan[max(steps - init, 0):]
+        if denoising_end is not None:
+            cutoff = int(round(T - denoising_end * T))
+            plan = plan[:int((plan.timesteps >= cutoff).sum())]
+        if len(plan) == 0:
+            raise ValueError(f"nothing to run: {steps} steps with strength={strength}, denoising_start="
+                             f"{denoising_start}, denoising_end={denoising_end} leave no timestep")
+        return plan
+
+    def _denoiser(self, context, y, guidance_scale, guidance_rescale, do_cfg, classifier, class_labels,
+                  classifier_scale):
+        """denoise(x, sigma, t) -> eps for the samplers: the UNet on x_t = x / sqrt(sigma^2 + 1),
+        both guidance branches in one batch, guidance, v -> eps. `branches` keeps the last
+        step's two predictions for the callback."""
+        branches = {}
+        v_prediction = self.schedule.prediction_type == "v_prediction"
+
+        def to_eps(out, x, sigma):
+            if not v_prediction:
+                return out.float()
+            x0 = out.float() * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+            return (x - x0) / sigma
+
+        def denoise(x, sigma, t):
+            x_t = (x / (sigma**2 + 1) ** 0.5).to(self.dtype)
+            n = x.shape[0]
+            out = self.unet(torch.cat([x_t, x_t]) if do_cfg else x_t, t.to(self.device), context, y)
+            if do_cfg:
+                out_u, out_c = out.chunk(2)
+                branches["uncond"], branches["cond"] = to_eps(out_u, x, sigma), to_eps(out_c, x, sigma)
+                out = classifier_free_guidance(out_u, out_c, guidance_scale)
+                if guidance_rescale > 0:
+                    out = rescale_guidance(out, out_c, guidance_rescale)
+            eps = to_eps(out, x, sigma)
+            if classifier is not None:
+                grad = classifier_gradient(classifier, x_t.float(), t.expand(n).to(self.device), class_labels)
+                eps = classifier_guidance(eps, grad, sigma / (sigma**2 + 1) ** 0.5, classifier_scale)
+            return eps
+
+        return denoise, branches
+
+    def _image_latents(self, image, batch: int, generator) -> torch.Tensor:
+        """Scaled latents of a picture (PIL, or a tensor in [-1, 1]), or latents given as such
+        (a 4-channel tensor, e.g. the base's output for the refiner)."""
+        if isinstance(image, torch.Tensor) and image.shape[1] == self.unet_config.in_channels:
+            latents = image.to(self.device, torch.float32)
+        else:
+            pixels = image_to_tensor(image).to(self.device, self.vae.decoder.conv_in.weight.dtype)
+            self.check_image_size(*pixels.shape[-2:])
+            latents = self.vae.encode(pixels).sample(generator).float() * self.vae.scaling_factor
+        if latents.shape[0] != batch:
+            latents = latents.repeat(batch // latents.shape[0], 1, 1, 1)
+        return latents
+
+    def _inpainting_blend(self, mask_image, init_latents, noise, plan: Plan):
+        """After step i, put back the known region at the noise level of step i + 1."""
+        mask = image_to_tensor(mask_image, channels=1, normalize=False)
+        mask = torch.nn.functional.interpolate(mask, size=init_latents.shape[-2:]).to(self.device)
+        mask = (mask >= 0.5).float()  # 1: repaint, 0: keep
+
+        def blend(x, i):
+            known = init_latents + plan.sigmas[i + 1] * noise
+            return (1 - mask) * known + mask * x
+
+        return blend
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Scaled latents -> images. The VAE runs in float32 when the pipeline is float16
+        (SDXL's VAE overflows in fp16)."""
+        vae_dtype = self.vae.decoder.conv_in.weight.dtype
+        if vae_dtype == torch.float16:
+            self.vae.float()
+        images = self.vae.decode(latents.to(self.vae.decoder.conv_in.weight.dtype) / self.vae.scaling_factor)
+        self.vae.to(vae_dtype)
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        if output_type != "pil":
+            raise ValueError(f"output_type {output_type!r}: use 'pil', 'pt' or 'latent'")
+        return tensor_to_pil(images)
+
+
+def _randn(shape, generator) -> torch.Tensor:
+    """Unit Gaussian noise drawn on the CPU, so a seed gives the same latents on any device."""
+    return torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
+
+
+def image_to_tensor(image, channels: int = 3, normalize: bool = True) -> torch.Tensor:
+    """PIL image(s) or a (B, C, H, W) tensor in [0, 1] -> a tensor in [-1, 1] (or [0, 1]).
+
+    >>> image_to_tensor(Image.new("RGB", (16, 8), (255, 0, 0)))[0, :, 0, 0].tolist()
+    [1.0, -1.0, -1.0]
+    """
+    if isinstance(image, torch.Tensor):
+        return image if image.ndim == 4 else image[None]
+    images = image if isinstance(image, list) else [image]
+    mode = "RGB" if channels == 3 else "L"
+    arrays = [np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in images]
+    t = torch.from_numpy(np.stack(arrays))
+    t = t.permute(0, 3, 1, 2) if channels == 3 else t[:, None]
+    return t * 2 - 1 if normalize else t
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> PIL images, rounding as diffusers does."""
+    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in arrays]
 
 
 def describe(config: UNetConfig) -> str:

@@ -11,7 +11,7 @@ All samplers here share one signature (k-diffusion's, Crowson 2022):
   model's estimate of the clean latent is simply x0_hat = x - sigma eps_hat;
 - `plan` holds the timesteps and sigmas to visit (`make_plan`);
 - `callback(step)` sees every step: index, t, sigma, x, the UNet's input x_t, eps_hat and
-  x0_hat (a `Step`).
+  x0_hat (a `Step`); `after_step(x, i) -> x`, if given, may change the state after a step.
 
 Written this way, the classic samplers turn out to be a few lines each, and close kin:
 
@@ -157,7 +157,7 @@ def _predict(denoise: Denoise, x: torch.Tensor, t: float, sigma: float, i: int, 
 
 
 def euler(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-          progress: bool = False) -> torch.Tensor:
+          progress: bool = False, after_step=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = eps_hat(x, sigma).
 
         x_next = x + (sigma_next - sigma) eps_hat = x0_hat + sigma_next eps_hat
@@ -166,12 +166,12 @@ def euler(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generato
     """
     for i, (t, sigma, sigma_next) in _walk(plan, progress):
         eps, x0 = _predict(denoise, x, t, sigma, i, callback)
-        x = x + (sigma_next - sigma) * eps
+        x = _after(x + (sigma_next - sigma) * eps, i, after_step)
     return x
 
 
 def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-         eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+         eta: float = 0.0, progress: bool = False, after_step=None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), written in the sigma view.
 
         sigma_up   = eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)
@@ -186,26 +186,27 @@ def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator
         x = x0 + math.sqrt(sigma_next**2 - sigma_up**2) * eps
         if sigma_up > 0:
             x = x + sigma_up * _noise(x, generator)
+        x = _after(x, i, after_step)
     return x
 
 
 def euler_ancestral(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, after_step=None) -> torch.Tensor:
     """Euler down to sigma_down, then fresh noise up to sigma_next: DDIM with eta = 1 on
     Euler's grid. The fresh noise keeps the result changing with the step count."""
-    return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress)
+    return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress, after_step=after_step)
 
 
 def ddpm(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-         progress: bool = False) -> torch.Tensor:
+         progress: bool = False, after_step=None) -> torch.Tensor:
     """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2; respaced to fewer steps):
     sample x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat). Its mean and variance are
     those of DDIM with eta = 1 (Song et al. 2021, section 4.1)."""
-    return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress)
+    return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress, after_step=after_step)
 
 
 def dpmpp_2m(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, after_step=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), in k-diffusion's form.
 
     With lambda = -log sigma and h = lambda_next - lambda, the exact solution of the ODE
@@ -218,13 +219,19 @@ def dpmpp_2m(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, gener
     for i, (t, sigma, sigma_next) in _walk(plan, progress):
         eps, x0 = _predict(denoise, x, t, sigma, i, callback)
         if sigma_next == 0:
-            x = x0
+            x = _after(x0, i, after_step)
             continue
         h = math.log(sigma / sigma_next)
         d = x0 if x0_prev is None else (1 + h / (2 * h_prev)) * x0 - h / (2 * h_prev) * x0_prev
-        x = (sigma_next / sigma) * x - math.expm1(-h) * d
+        x = _after((sigma_next / sigma) * x - math.expm1(-h) * d, i, after_step)
         x0_prev, h_prev = x0, h
     return x
+
+
+def _after(x: torch.Tensor, i: int, after_step) -> torch.Tensor:
+    """`after_step(x, i) -> x` lets a caller constrain the state after each step
+    (inpainting pastes the known region back); samplers stay ignorant of why."""
+    return x if after_step is None else after_step(x, i)
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
