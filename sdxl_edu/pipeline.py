@@ -54,6 +54,7 @@ class Pipeline:
         self.schedule = NoiseSchedule.from_config(scheduler_config)
         self.source = source
         self.default_size = default_size or 128 * (vae.config.downsampling_factor if vae is not None else 8)
+        self._captures = []  # active AttentionCapture objects (see capture_attention)
 
     # diffusers-style names for the parts
     unet_config = property(lambda self: self.unet.config, doc="The UNetConfig read from the checkpoint.")
@@ -96,6 +97,17 @@ class Pipeline:
         params = sum(p.numel() for p in self.unet.parameters())
         return (f"Pipeline(SDXL {self.kind} from {self.source!r}: UNet {params / 1e6:.1f}M parameters, "
                 f"{self.dtype}, {self.device})")
+
+    def capture_attention(self, layers=None, per_layer: bool = True, per_step: bool = False,
+                          self_attention=False):
+        """`with pipe.capture_attention() as attn: pipe(...)`, then `attn.cross_attention_map(word)`.
+
+        `layers`: substrings of the cross-attention layers to probe (all by default);
+        see `sdxl_edu.capture` for what is kept.
+        """
+        from .capture import AttentionCapture
+
+        return AttentionCapture(self, layers, per_layer, per_step, self_attention)
 
     # ------------------------------------------------------------------------- generation
 
@@ -161,6 +173,8 @@ class Pipeline:
         else:
             x = init_latents + plan.sigmas[0] * noise
 
+        for capture in self._captures:
+            capture.start(prompts, batch, do_cfg, shape[-2:])
         denoise, branches = self._denoiser(context, y, guidance_scale, guidance_rescale, do_cfg, classifier,
                                            class_labels, classifier_scale)
         steps = [] if record else None

@@ -1,0 +1,123 @@
+"""The pipeline's own behaviour: reproducibility, guidance identities, inpainting, recording,
+attention capture, errors."""
+
+import pytest
+import torch
+from PIL import Image
+from tiny import parts, save
+
+from sdxl_edu import load_pipeline
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return load_pipeline(save(tmp_path_factory.mktemp("base"), parts("base", seed=10)))
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    return load_pipeline(save(tmp_path_factory.mktemp("refiner"), parts("refiner", seed=20)))
+
+
+def run(pipe, prompt="a red circle", **kwargs):
+    kwargs = {"num_inference_steps": 4, "seed": 0, "progress": False, **SIZE, **kwargs}
+    return pipe(prompt, **kwargs)
+
+
+def test_a_seed_gives_the_same_bytes(pipe):
+    a, b = run(pipe, seed=7), run(pipe, seed=7)
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    assert torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.latents, run(pipe, seed=8).latents)
+
+
+def test_same_prompt_in_a_batch_gives_different_images(pipe):
+    out = run(pipe, ["a cat", "a cat"])
+    assert len(out.images) == 2 and (out.latents[0] - out.latents[1]).abs().max() > 0.1
+    assert len(run(pipe, "a cat", num_images_per_prompt=3).images) == 3
+
+
+def test_guidance_scale_one_runs_the_unet_once_per_step(pipe):
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        run(pipe, guidance_scale=1.0)
+        assert calls == [1] * 4
+        calls.clear()
+        run(pipe, guidance_scale=5.0)
+        assert calls == [2] * 4  # both branches in one batch
+    finally:
+        hook.remove()
+
+
+def test_recorded_steps_and_callback(pipe):
+    seen = []
+    out = run(pipe, record=True, callback=seen.append)
+    assert [s.i for s in out.steps] == [0, 1, 2, 3] and len(seen) == 4
+    first = out.steps[0]
+    assert first.eps_cond is not None and first.eps_uncond is not None
+    assert torch.allclose(first.x0, first.x - first.sigma * first.eps, atol=1e-5)
+    assert torch.allclose(first.eps, first.eps_uncond + 5.0 * (first.eps_cond - first.eps_uncond), atol=1e-4)
+    assert torch.allclose(first.x_t, first.x / (first.sigma**2 + 1) ** 0.5)
+
+
+def test_inpainting_keeps_the_known_region(pipe):
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))  # repaint the right half
+    out = run(pipe, image=picture, mask_image=mask, strength=1.0, output_type="latent")
+    known = pipe._image_latents(picture, 1, torch.Generator().manual_seed(0))
+    assert torch.allclose(out.latents[..., :8], known[..., :8], atol=1e-5)  # kept exactly
+    assert (out.latents[..., 8:] - known[..., 8:]).abs().mean() > 0.1  # regenerated
+
+
+def test_classifier_guidance_raises_the_classifier_log_prob(pipe):
+    torch.manual_seed(0)
+    weights = torch.randn(3, 4)
+
+    def classifier(x_t, t):  # a linear "classifier" on the mean latent colour
+        return x_t.mean((2, 3)) @ weights.T
+
+    labels = torch.tensor([2])
+    plain = run(pipe, guidance_scale=1.0, output_type="latent").latents
+    guided = run(pipe, guidance_scale=1.0, output_type="latent", classifier=classifier, class_labels=labels,
+                 classifier_scale=50.0).latents
+
+    def log_p(x):
+        return classifier(x, None).log_softmax(-1)[0, 2]
+
+    assert log_p(guided) > log_p(plain) + 0.1
+
+
+def test_attention_capture(pipe):
+    plain = run(pipe, "a red circle on the left", output_type="latent").latents
+    with pipe.capture_attention(per_step=True, self_attention=True) as attn:
+        captured = run(pipe, "a red circle on the left", output_type="latent").latents
+    assert (captured - plain).abs().max() < 1e-5  # probing changes nothing
+    heat = attn.cross_attention_map("circle")
+    assert heat.shape == (16, 16) and heat.min() >= 0
+    layer = attn.cross_layers[0]
+    assert attn.layer_maps[layer].shape[2] == 77
+    # each step adds one probability distribution over the 77 tokens per pixel and head
+    assert torch.allclose(attn.layer_maps[layer].sum(2), torch.full_like(attn.layer_maps[layer].sum(2), 4.0), atol=1e-4)
+    assert attn.step_maps.shape == (1, 4, 77, 16, 16)
+    assert torch.allclose(attn.step_maps.sum(1), attn.token_maps, atol=1e-4)
+    self_map = next(iter(attn.self_attention_maps.values()))
+    assert torch.allclose(self_map.sum(-1), torch.full_like(self_map.sum(-1), 4.0), atol=1e-4)
+    assert attn.token_positions("circle") == [3]
+    with pytest.raises(KeyError, match="'square' is not a word of the prompt"):
+        attn.cross_attention_map("square")
+    assert all(m.probe is None for m in attn.modules.values())  # probes removed on exit
+
+
+def test_errors(pipe, refiner):
+    with pytest.raises(ValueError, match="divisible by 4"):
+        run(pipe, height=66)
+    with pytest.raises(ValueError, match="the refiner refines an image"):
+        run(refiner)
+    with pytest.raises(ValueError, match="unknown sampler 'heun'"):
+        run(pipe, sampler="heun")
+    with pytest.raises(ValueError, match="nothing to run"):
+        run(pipe, image=Image.new("RGB", (64, 64)), strength=0.1)
