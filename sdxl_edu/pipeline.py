@@ -98,6 +98,16 @@ class Pipeline:
         return (f"Pipeline(SDXL {self.kind} from {self.source!r}: UNet {params / 1e6:.1f}M parameters, "
                 f"{self.dtype}, {self.device})")
 
+    @property
+    def latent_preview(self):
+        """A linear latent -> RGB map fitted to this pipeline's VAE (`sdxl_edu.viz`), for
+        cheap pictures of every step: `pipe.latent_preview(step.x0)`."""
+        if getattr(self, "_latent_preview", None) is None:
+            from .viz import fit_latent_rgb
+
+            self._latent_preview = fit_latent_rgb(self.vae)
+        return self._latent_preview
+
     def capture_attention(self, layers=None, per_layer: bool = True, per_step: bool = False,
                           self_attention=False):
         """`with pipe.capture_attention() as attn: pipe(...)`, then `attn.cross_attention_map(word)`.

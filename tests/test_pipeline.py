@@ -121,3 +121,35 @@ def test_errors(pipe, refiner):
         run(pipe, sampler="heun")
     with pytest.raises(ValueError, match="nothing to run"):
         run(pipe, image=Image.new("RGB", (64, 64)), strength=0.1)
+
+
+def test_latent_preview_recovers_a_linear_colour_code():
+    """An autoencoder whose latents are a known linear code of each patch's colour: the
+    fitted preview must invert it on pictures it was not fitted on."""
+    from types import SimpleNamespace
+
+    from sdxl_edu.viz import calibration_images, fit_latent_rgb
+
+    code = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4], [0.3, 0.3, 1.2], [-0.5, 0.1, 0.2]])  # (4, 3)
+
+    class LinearVAE(torch.nn.Module):
+        scaling_factor, config = 0.5, SimpleNamespace(downsampling_factor=4)
+
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, images):
+            rgb = torch.nn.functional.avg_pool2d((images + 1) / 2, 4)
+            return SimpleNamespace(mean=torch.einsum("cr,brhw->bchw", code, rgb) + 0.1)
+
+    vae = LinearVAE()
+    preview = fit_latent_rgb(vae)
+    images = calibration_images(seed=1)
+    target = torch.nn.functional.avg_pool2d((images + 1) / 2, 4)
+    assert (preview(vae.encode(images).mean * vae.scaling_factor) - target).abs().max() < 1e-4
+
+
+def test_latent_preview_of_a_pipeline(pipe):
+    preview = pipe.latent_preview(torch.zeros(2, 4, 16, 16))
+    assert preview.shape == (2, 3, 16, 16) and pipe.latent_preview.matrix.shape == (3, 4)
