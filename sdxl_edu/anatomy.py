@@ -43,5 +43,11 @@ def unet_parameters(config: UNetConfig) -> dict[str, int]:
 
 
 def vae_parameters(config: VAEConfig) -> int:
+    """Parameters of an autoencoder.
+
+    >>> from sdxl_edu.config import SDXL_VAE
+    >>> vae_parameters(SDXL_VAE)  # the shape of SD 1.x's VAE, retrained for SDXL
+    83653863
+    """
     with torch.device("meta"):
         return _count(AutoencoderKL(config))

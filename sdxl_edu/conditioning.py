@@ -86,6 +86,13 @@ class Conditioner(nn.Module):
     """The text side of SDXL: tokenizers, encoders and the context/pooled recipe.
 
     The base has both encoders; the refiner has only bigG (`text_encoder=None`).
+
+    >>> from sdxl_edu.toy import toy_parts
+    >>> p = toy_parts("base")
+    >>> conditioner = Conditioner(p["tokenizer"], p["text_encoder"], p["tokenizer_2"], p["text_encoder_2"])
+    >>> text = conditioner.encode_prompt(["a red circle", "a cat"])  # no negative prompt: zeros
+    >>> text.context.shape, text.negative_context.abs().max().item()
+    (torch.Size([2, 77, 48]), 0.0)
     """
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,

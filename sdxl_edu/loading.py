@@ -52,6 +52,12 @@ def load_pipeline(source: str | os.PathLike | None = None, *, dtype: torch.dtype
                   device: str | torch.device = "cpu", tokenizers=None):
     """Load SDXL (base or refiner) from a single file, a diffusers folder or a hub id.
 
+    >>> import tempfile
+    >>> from sdxl_edu.toy import save_toy_checkpoint
+    >>> pipe = load_pipeline(save_toy_checkpoint(tempfile.mkdtemp(), "refiner"))
+    >>> pipe.kind, pipe.unet_config.context_dim, pipe.text_encoder  # the refiner reads bigG only
+    ('refiner', 40, None)
+
     `source=None` loads the shipped nano SDXL base. `tokenizers` is where to find the
     tokenizer files when a single file has none beside it: a diffusers-style folder with
     `tokenizer/` and `tokenizer_2/`, a hub id, or a (tokenizer, tokenizer_2) pair.
@@ -146,7 +152,14 @@ def read_unet_config(shapes: dict[str, tuple], **overrides) -> UNetConfig:
 
 
 def read_vae_config(shapes: dict[str, tuple], **overrides) -> VAEConfig:
-    """Read a VAEConfig from the autoencoder's tensor shapes (keys without the prefix)."""
+    """Read a VAEConfig from the autoencoder's tensor shapes (keys without the prefix).
+
+    >>> from sdxl_edu.config import SDXL_VAE
+    >>> with torch.device("meta"):
+    ...     shapes = {k: tuple(v.shape) for k, v in AutoencoderKL(SDXL_VAE).state_dict().items()}
+    >>> read_vae_config(shapes) == SDXL_VAE
+    True
+    """
     ch = shapes["encoder.conv_in.weight"][0]
     levels = _count(shapes, "encoder.down.", ".block.0.conv1.weight")
     config = dict(
@@ -176,7 +189,13 @@ def build(module_fn, tensors: dict[str, callable], shapes: dict[str, tuple], wha
 
 
 def check_keys(expected: dict[str, tuple], found: dict[str, tuple], what: str) -> None:
-    """Name the missing, unexpected and wrongly shaped tensors, if any."""
+    """Name the missing, unexpected and wrongly shaped tensors, if any.
+
+    >>> check_keys({"a": (2,), "b": (3,)}, {"a": (4,), "c": (1,)}, "UNet")
+    Traceback (most recent call last):
+    ...
+    sdxl_edu.checkpoint.CheckpointError: The UNet tensors do not match an SDXL UNet: missing: b; unexpected: c; wrong shape: a: file (4,), model (2,). The file is damaged or is not an SDXL checkpoint.
+    """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = [f"{k}: file {found[k]}, model {expected[k]}" for k in expected
@@ -278,8 +297,17 @@ def save_single_file(path: str | os.PathLike, unet: UNet, vae: AutoencoderKL, te
     """Save a pipeline's parts as one `.safetensors` file in the released layout.
 
     What shapes cannot tell (head width, GroupNorm groups, latent scale, the text
-    encoders' head counts and activations) goes into `__metadata__["sdxl_edu"]` when it
-    differs from SDXL's, so `load_pipeline` rebuilds exactly this model.
+    encoders' head counts and activations) goes into `__metadata__["sdxl_edu"]`, so
+    `load_pipeline` rebuilds exactly this model.
+
+    >>> import os, tempfile
+    >>> from sdxl_edu.toy import toy_parts
+    >>> p = toy_parts("base")
+    >>> path = os.path.join(tempfile.mkdtemp(), "toy.safetensors")
+    >>> save_single_file(path, p["unet"], p["vae"], p["text_encoder_2"], p["text_encoder"])
+    >>> with SafetensorsFile(path) as f:
+    ...     sorted({k.split(".")[0] + "." + k.split(".")[1] for k in f.keys()})
+    ['conditioner.embedders', 'first_stage_model.decoder', 'first_stage_model.encoder', 'first_stage_model.post_quant_conv', 'first_stage_model.quant_conv', 'model.diffusion_model']
     """
     import safetensors.torch
 
@@ -305,6 +333,11 @@ def diffusers_unet_names(config: UNetConfig) -> dict[str, str]:
     `in_layers.0/2, emb_layers.1, out_layers.0/3, skip_connection` are
     `norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut`. Everything inside a
     SpatialTransformer already has the same name in both.
+
+    >>> from sdxl_edu.config import SDXL_BASE
+    >>> names = diffusers_unet_names(SDXL_BASE)
+    >>> names["input_blocks.4.0.emb_layers.1.weight"], names["output_blocks.5.2.conv.weight"]
+    ('down_blocks.1.resnets.0.time_emb_proj.weight', 'up_blocks.1.upsamplers.0.conv.weight')
     """
     n = config.num_res_blocks
     blocks = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
@@ -338,6 +371,10 @@ def diffusers_vae_names(config: VAEConfig) -> dict[str, str]:
     `encoder.down.i.block.j` is `encoder.down_blocks.i.resnets.j`; the decoder's levels are
     listed the other way round (`decoder.up.i` is `decoder.up_blocks.(n-1-i)`); the middle
     attention's `norm, q, k, v, proj_out` are `group_norm, to_q, to_k, to_v, to_out.0`.
+
+    >>> from sdxl_edu.config import SDXL_VAE
+    >>> diffusers_vae_names(SDXL_VAE)["decoder.up.0.block.0.nin_shortcut.weight"]
+    'decoder.up_blocks.3.resnets.0.conv_shortcut.weight'
     """
     last = len(config.ch_mult) - 1
     blocks = {"encoder.norm_out.": "encoder.conv_norm_out.", "decoder.norm_out.": "decoder.conv_norm_out."}
@@ -372,7 +409,15 @@ def _rename(key: str, blocks: dict[str, str], resnet: dict[str, str], attention:
 
 def read_diffusers_unet_config(cfg: dict) -> UNetConfig:
     """UNetConfig from a diffusers `unet/config.json` (whose `attention_head_dim` is, for
-    historical reasons, the number of heads)."""
+    historical reasons, the number of heads).
+
+    >>> from sdxl_edu.config import SDXL_BASE
+    >>> read_diffusers_unet_config({"block_out_channels": [320, 640, 1280], "attention_head_dim": [5, 10, 20],
+    ...     "transformer_layers_per_block": [1, 2, 10], "layers_per_block": 2, "cross_attention_dim": 2048,
+    ...     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    ...     "projection_class_embeddings_input_dim": 2816, "in_channels": 4, "out_channels": 4}) == SDXL_BASE
+    True
+    """
     widths, C = cfg["block_out_channels"], cfg["block_out_channels"][0]
     per_level = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(widths)  # noqa: E731
     layers, heads = per_level(cfg.get("transformer_layers_per_block", 1)), per_level(cfg["attention_head_dim"])

@@ -45,7 +45,25 @@ class GenerationOutput:
 
 
 class Pipeline:
-    """SDXL base or refiner: UNet, VAE and the text conditioner, on one device and dtype."""
+    """SDXL base or refiner: UNet, VAE and the text conditioner, on one device and dtype.
+
+    >>> import tempfile
+    >>> from sdxl_edu import load_pipeline
+    >>> from sdxl_edu.toy import save_toy_checkpoint
+    >>> pipe = load_pipeline(save_toy_checkpoint(tempfile.mkdtemp()))  # random weights, SDXL's layout
+    >>> out = pipe(["a red circle", "a cat"], num_inference_steps=3, seed=0, progress=False, record=True)
+    >>> len(out.images), out.latents.shape, len(out.steps)
+    (2, torch.Size([2, 4, 16, 16]), 3)
+    >>> text = pipe.encode_prompt("a red circle", negative_prompt="blurry")
+    >>> text.context.shape, text.pooled.shape  # 16 (CLIP-L-like) + 32 (bigG-like) = 48
+    (torch.Size([1, 77, 48]), torch.Size([1, 32]))
+    >>> with pipe.capture_attention() as attn:
+    ...     _ = pipe("a red circle", num_inference_steps=2, progress=False)
+    >>> attn.cross_attention_map("circle").shape
+    torch.Size([16, 16])
+    >>> pipe.latent_preview(out.latents).shape  # a cheap look at latents, no VAE decode
+    torch.Size([2, 3, 16, 16])
+    """
 
     def __init__(self, unet: UNet, vae: AutoencoderKL, conditioner: Conditioner, kind: str = "base",
                  scheduler_config: dict | None = None, source: str = "", default_size: int | None = None):

@@ -179,6 +179,13 @@ def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator
 
     eta = 0 is deterministic and is exactly Euler's update; eta = 1 adds the most noise
     and is DDPM's ancestral step.
+
+    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> plan = make_plan(NoiseSchedule(), "euler", 5)
+    >>> eps = lambda x, sigma, t: torch.tanh(x)  # any model will do
+    >>> x = torch.randn(1, 4, 2, 2)
+    >>> torch.allclose(ddim(eps, x, plan, eta=0.0), euler(eps, x, plan), atol=1e-5)
+    True
     """
     for i, (t, sigma, sigma_next) in _walk(plan, progress):
         eps, x0 = _predict(denoise, x, t, sigma, i, callback)

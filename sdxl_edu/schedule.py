@@ -165,12 +165,20 @@ class NoiseSchedule:
         return torch.from_numpy(t.astype(np.float32).copy())
 
     def sigma_at(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """sigma at (possibly fractional) timesteps, linearly interpolated as diffusers does."""
+        """sigma at (possibly fractional) timesteps, linearly interpolated as diffusers does.
+
+        >>> NoiseSchedule().sigma_at(torch.tensor([999.0, 0.0]))
+        tensor([14.6146,  0.0292])
+        """
         table = self.sigmas.numpy()
         return torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table).astype(np.float32))
 
     def t_at(self, sigma: np.ndarray) -> np.ndarray:
-        """The (fractional) timestep of a sigma: interpolate in log sigma (k-diffusion's sigma_to_t)."""
+        """The (fractional) timestep of a sigma: interpolate in log sigma (k-diffusion's sigma_to_t).
+
+        >>> NoiseSchedule().t_at(np.array([14.6146, 1.0])).round(1)  # SNR = 1 near t = 354
+        array([999. , 353.9])
+        """
         log_sigmas = np.log(self.sigmas.numpy().astype(np.float64))
         log_sigma = np.log(np.maximum(sigma, 1e-10))
         low = np.clip(np.cumsum(log_sigma - log_sigmas[:, None] >= 0, axis=0).argmax(axis=0), None, len(log_sigmas) - 2)

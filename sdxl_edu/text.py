@@ -153,6 +153,11 @@ def build_text_encoder(sd: dict[str, torch.Tensor], with_projection: bool, hidde
     """Instantiate `CLIPTextModel` or `CLIPTextModelWithProjection` and load `sd` strictly.
 
     Built on the meta device (no memory, no random init), then filled with `sd`.
+
+    >>> from sdxl_edu.toy import bigg
+    >>> encoder = build_text_encoder(bigg(600).state_dict(), True, "gelu", num_attention_heads=4)
+    >>> encoder.config.hidden_size, encoder.config.num_hidden_layers
+    (32, 5)
     """
     config = clip_config_from_state_dict(sd, hidden_act, **overrides)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
@@ -196,7 +201,13 @@ def _match_prefix(sd: dict, expected) -> dict:
 
 def text_hidden_states(encoder, ids: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
     """All hidden states (embeddings, then the output of each layer, *before* the final
-    LayerNorm) and, for an encoder with a projection, the pooled embedding."""
+    LayerNorm) and, for an encoder with a projection, the pooled embedding.
+
+    >>> from sdxl_edu.toy import bigg
+    >>> hidden, pooled = text_hidden_states(bigg(600), torch.zeros(1, 77, dtype=torch.long))
+    >>> len(hidden), hidden[-2].shape, pooled.shape  # embeddings + 5 layers
+    (6, torch.Size([1, 77, 32]), torch.Size([1, 32]))
+    """
     out = encoder(ids.to(encoder.device), output_hidden_states=True)
     pooled = out.text_embeds if hasattr(out, "text_embeds") else None
     return out.hidden_states, pooled
@@ -247,7 +258,14 @@ def openclip_to_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def transformers_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `openclip_to_transformers`: write a bigG-like encoder in the single
-    file's layout (used to save nano SDXL and synthetic test checkpoints)."""
+    file's layout (used to save nano SDXL and synthetic test checkpoints).
+
+    >>> from sdxl_edu.toy import bigg
+    >>> sd = bigg(600).state_dict()
+    >>> back = openclip_to_transformers(transformers_to_openclip(sd))
+    >>> sorted(back) == sorted(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    True
+    """
     out, qkv = {}, {}
     for key, value in _match_prefix(sd, ["text_model."]).items():
         if key == "text_projection.weight":

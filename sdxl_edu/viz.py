@@ -49,7 +49,13 @@ def calibration_images(n: int = 12, size: int = 64, seed: int = 0) -> torch.Tens
 
 @torch.no_grad()
 def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
-    """Least-squares fit of RGB (average over each latent pixel's patch) on scaled latents."""
+    """Least-squares fit of RGB (average over each latent pixel's patch) on scaled latents.
+
+    >>> from sdxl_edu.toy import TOY_VAE
+    >>> from sdxl_edu.vae import AutoencoderKL
+    >>> fit_latent_rgb(AutoencoderKL(TOY_VAE)).matrix.shape
+    torch.Size([3, 4])
+    """
     images = calibration_images() if images is None else images
     dtype, device = next(vae.parameters()).dtype, next(vae.parameters()).device
     z = vae.encode(images.to(device, dtype)).mean.float().cpu() * vae.scaling_factor
@@ -61,7 +67,11 @@ def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
 
 
 def to_pil(images: torch.Tensor, scale: int = 1) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] -> PIL images, optionally enlarged (nearest) for small latents."""
+    """(B, 3, H, W) in [0, 1] -> PIL images, optionally enlarged (nearest) for small latents.
+
+    >>> to_pil(torch.zeros(2, 3, 16, 16), scale=4)[0].size
+    (64, 64)
+    """
     arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) for a in arrays]
 
@@ -82,7 +92,11 @@ def grid(images: list[Image.Image], columns: int) -> Image.Image:
 
 def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image.Image:
     """An attention heat map (h, w), normalised to [0, 1], over a picture, in matplotlib's
-    'jet' colours."""
+    'jet' colours.
+
+    >>> overlay(Image.new("RGB", (64, 64)), torch.rand(16, 16)).size
+    (64, 64)
+    """
     import matplotlib
 
     heat = heat.float()
