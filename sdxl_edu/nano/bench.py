@@ -1,0 +1,194 @@
+"""Measure nano SDXL: `python -m sdxl_edu.nano.bench [--seeds 4] [--json metrics.json]`.
+
+Every number is measured on generated pictures with the evaluator (`classifiers.Evaluator`),
+never used to train the generator, or with pixel statistics:
+
+- prompt fidelity: every shape x colour pair, several seeds, 20 Euler steps; the evaluator
+  must read the prompted shape and colour; position prompts read the prompted position;
+  at guidance 1, the default and a high scale, with the pictures' saturation alongside;
+- negative prompt: how often "a circle" comes out red, with and without negative "red";
+- size conditioning: high-frequency energy with a small `original_size` vs the bucket's;
+- crop conditioning: how often the object is whole at crop (0, 0), and cut by the top or
+  left edge at a large offset (a photograph twice the bucket's width or height, cropped at
+  its far end: the data's subjects sit near the middle of the photograph);
+- refiner: the evaluator's degradation estimate on base outputs, refined at aesthetic
+  score 6.0 and 2.5;
+- attention: does the shape word's cross-attention map peak on the object (pointing game);
+- time: one 64 x 64 picture, 20 steps with guidance, and a batch of 16.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from . import BASE_FILE, CLASSIFIER_FILE, EVALUATOR_FILE, REFINER_FILE
+from .classifiers import Evaluator, NoisyClassifier
+from .data import ATTRIBUTES, COLOURS, PHRASES, POSITIONS, SHAPES
+
+
+def load_evaluator() -> Evaluator:
+    model = Evaluator()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(EVALUATOR_FILE)).items()})
+    return model.eval().requires_grad_(False)
+
+
+def load_classifier() -> NoisyClassifier:
+    """The noise-aware classifier, for classifier guidance: `(x_t, t) -> logits per attribute`."""
+    model = NoisyClassifier()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(CLASSIFIER_FILE)).items()})
+    return model.eval().requires_grad_(False)
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL pictures -> (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images])).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+@torch.no_grad()
+def read(evaluator: Evaluator, images) -> dict[str, np.ndarray]:
+    """What the evaluator sees: predicted index per attribute, and the degradation level."""
+    out = evaluator(to_tensor(images))
+    return {k: (v.argmax(-1) if v.ndim == 2 else v).numpy() for k, v in out.items()}
+
+
+def object_mask(images) -> np.ndarray:
+    """Object pixels: the shapes are saturated colours on light, barely tinted backgrounds."""
+    a = np.stack([np.asarray(im, np.float32) for im in images])
+    return (a.max(-1) - a.min(-1)) > 80
+
+
+def saturation(images) -> float:
+    a = np.stack([np.asarray(im, np.float32) / 255 for im in images])
+    return float(((a.max(-1) - a.min(-1)) / (a.max(-1) + 1e-6)).mean())
+
+
+def high_frequency_energy(images) -> float:
+    """Mean squared Laplacian: how much fine detail (sharp edges) the pictures hold."""
+    a = np.stack([np.asarray(im.convert("L"), np.float32) / 255 for im in images])
+    lap = 4 * a[:, 1:-1, 1:-1] - a[:, :-2, 1:-1] - a[:, 2:, 1:-1] - a[:, 1:-1, :-2] - a[:, 1:-1, 2:]
+    return float((lap**2).mean())
+
+
+def generate(pipe, prompts, seed, **kwargs):
+    kwargs = {"num_inference_steps": 20, "progress": False, **kwargs}
+    return pipe(prompts, seed=seed, **kwargs).images
+
+
+def fidelity(pipe, evaluator, seeds: int, guidance_scale: float) -> dict:
+    pairs = [(s, c) for s in SHAPES for c in COLOURS]
+    prompts = [f"a {c} {s}" for s, c in pairs]
+    hits, images_all = [], []
+    for seed in range(seeds):
+        images = generate(pipe, prompts, seed, guidance_scale=guidance_scale)
+        seen = read(evaluator, images)
+        hits += [seen["shape"][i] == SHAPES.index(s) and seen["colour"][i] == list(COLOURS).index(c)
+                 for i, (s, c) in enumerate(pairs)]
+        images_all += images
+    position_prompts = [(s, p) for s in SHAPES for p in POSITIONS]
+    position_hits = []
+    for seed in range(seeds):
+        images = generate(pipe, [f"a {s} {PHRASES[p]}" for s, p in position_prompts], seed,
+                          guidance_scale=guidance_scale)
+        seen = read(evaluator, images)
+        position_hits += [seen["position"][i] == POSITIONS.index(p) for i, (_, p) in enumerate(position_prompts)]
+    return {"shape_and_colour": float(np.mean(hits)), "position": float(np.mean(position_hits)),
+            "saturation": saturation(images_all), "images": len(hits) + len(position_hits)}
+
+
+def negative_prompt(pipe, evaluator, n: int) -> dict:
+    red = list(COLOURS).index("red")
+    prompts = ["a circle"] * n
+    plain = read(evaluator, generate(pipe, prompts, 0))["colour"]
+    negated = read(evaluator, generate(pipe, prompts, 0, negative_prompt=["red"] * n))["colour"]
+    return {"red_without": float(np.mean(plain == red)), "red_with_negative_red": float(np.mean(negated == red))}
+
+
+def size_conditioning(pipe, n: int) -> dict:
+    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
+    sharp = generate(pipe, prompts, 1, original_size=(64, 64))
+    blurry = generate(pipe, prompts, 1, original_size=(16, 16))
+    e_sharp, e_blurry = high_frequency_energy(sharp), high_frequency_energy(blurry)
+    return {"hf_energy_64": e_sharp, "hf_energy_16": e_blurry, "ratio": e_sharp / e_blurry}
+
+
+def crop_conditioning(pipe, n: int, offset: int = 64) -> dict:
+    """Whole objects at crop (0, 0); at a large offset, as for a photograph twice the bucket's
+    width (height) cropped at its far end, objects cut by the left (top) edge."""
+    prompts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS][:n]
+    half = len(prompts) // 2
+    whole = object_mask(generate(pipe, prompts, 2))
+    cut = np.concatenate([
+        object_mask(generate(pipe, prompts[:half], 2, original_size=(64, 64 + offset), crops_coords_top_left=(0, offset))),
+        object_mask(generate(pipe, prompts[half:], 2, original_size=(64 + offset, 64), crops_coords_top_left=(offset, 0)))])
+    touches_top_left = lambda m: m[:, 0, :].any(-1) | m[:, :, 0].any(-1)  # noqa: E731
+    touches_any = lambda m: touches_top_left(m) | m[:, -1, :].any(-1) | m[:, :, -1].any(-1)  # noqa: E731
+    present = lambda m: m.sum((1, 2)) > 20  # noqa: E731
+    return {"whole_at_0_0": float(np.mean(present(whole) & ~touches_any(whole))),
+            f"cut_top_or_left_at_{offset}": float(np.mean(present(cut) & touches_top_left(cut)))}
+
+
+def refiner_effect(pipe, refiner, evaluator, n: int) -> dict:
+    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
+    base = generate(pipe, prompts, 3)
+    degradation = lambda images: float(read(evaluator, images)["degradation"].mean())  # noqa: E731
+    refined = {score: generate(refiner, prompts, 3, image=base, strength=0.3, aesthetic_score=score)
+               for score in (6.0, 2.5)}
+    return {"degradation_base": degradation(base), "degradation_refined_6.0": degradation(refined[6.0]),
+            "degradation_refined_2.5": degradation(refined[2.5])}
+
+
+def pointing_game(pipe, n: int) -> dict:
+    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
+    with pipe.capture_attention() as attn:
+        images = generate(pipe, prompts, 4)
+    masks = object_mask(images)
+    hits = []
+    for i, prompt in enumerate(prompts):
+        heat = torch.nn.functional.interpolate(attn.cross_attention_map(prompt.split()[-1], i)[None, None],
+                                               size=masks.shape[1:], mode="bilinear")[0, 0]
+        peak = np.unravel_index(int(heat.argmax()), masks.shape[1:])
+        hits.append(bool(masks[i][peak]))
+    return {"shape_word_peak_on_object": float(np.mean(hits))}
+
+
+def timing(pipe) -> dict:
+    generate(pipe, ["a red circle"], 0)  # warm-up
+    start = time.perf_counter()
+    generate(pipe, ["a red circle"], 0)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    generate(pipe, ["a red circle"] * 16, 0)
+    return {"one_image_s": one, "per_image_in_batch_of_16_s": (time.perf_counter() - start) / 16}
+
+
+def main(argv=None) -> dict:
+    from ..loading import load_pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--json", help="write the measurements here too")
+    args = parser.parse_args(argv)
+    pipe, refiner = load_pipeline(BASE_FILE), load_pipeline(REFINER_FILE)
+    evaluator = load_evaluator()
+    results = {"time": timing(pipe)}
+    for scale in (1.0, 5.0, 12.0):
+        results[f"fidelity_guidance_{scale:g}"] = fidelity(pipe, evaluator, args.seeds, scale)
+    results["negative_prompt"] = negative_prompt(pipe, evaluator, 24)
+    results["size_conditioning"] = size_conditioning(pipe, 15)
+    results["crop_conditioning"] = crop_conditioning(pipe, 15)
+    results["refiner"] = refiner_effect(pipe, refiner, evaluator, 15)
+    results["attention"] = pointing_game(pipe, 15)
+    for name, values in results.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""Train nano SDXL: `python -m sdxl_edu.nano.train [--out runs/nano]`.
+
+Stages, each resumable from its last checkpoint and deterministic given the seed:
+
+1. `data`: render the dataset (`sdxl_edu.nano.data`), one array per aspect bucket;
+2. `vae`: the KL autoencoder (L1 + edge + a tiny KL term, as LDM's first stage without the
+   GAN), then its scaling factor measured as SDXL's was: 1 / std of the training latents;
+3. `latents`: encode every picture once, clean and degraded (the autoencoder is frozen from
+   here on, so the UNets train on cached latents);
+4. `base`: both text encoders and the base UNet together, v-prediction on the zero-terminal-
+   SNR schedule, t uniform over 0..999; 10% of captions dropped by zeroing the context and
+   pooled embedding, as SDXL's conditioner does, which is what makes classifier-free
+   guidance possible;
+5. `refiner`: the refiner UNet on t < 200 only, reading the (frozen) second encoder and an
+   aesthetic score computed from the degradation applied to the picture;
+6. `classifiers`: the noise-aware classifier (on noisy latents) and the evaluator (on clean
+   pictures, their reconstructions and degraded copies);
+7. `export`: single-file checkpoints in the released layout, tokenizers, classifiers, into
+   `sdxl_edu/nano/weights/`.
+
+Exponential moving averages of the weights are what gets exported, as for SDXL.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from ..conditioning import vector_y
+from ..schedule import NoiseSchedule
+from ..text import build_clip_tokenizer, tokenize
+from ..unet import UNet
+from ..vae import AutoencoderKL
+from . import BIGG_LIKE, CLIP_L_LIKE, NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, WEIGHTS
+from .classifiers import Evaluator, NoisyClassifier
+from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, aesthetic_score, degrade, \
+    make_caption, make_sample
+
+STAGES = ("data", "vae", "latents", "base", "refiner", "classifiers", "export")
+STEPS = {"vae": 2000, "base": 4500, "refiner": 1500, "classifier": 1500, "evaluator": 1000}
+SAMPLES_PER_BUCKET = 16000
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+class Run:
+    """The output folder, the log, and checkpoints of a training run."""
+
+    def __init__(self, out: Path, seed: int):
+        self.out, self.seed = Path(out), seed
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **entry) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def done(self, stage: str) -> bool:
+        return (self.out / f"{stage}.done").exists()
+
+    def mark_done(self, stage: str, **info) -> None:
+        (self.out / f"{stage}.done").write_text(json.dumps(info))
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def fit(run: Run, name: str, modules: dict[str, torch.nn.Module], loss_fn, steps: int, lr: float,
+        warmup: int = 200) -> dict[str, torch.nn.Module]:
+    """AdamW with warm-up and cosine decay, EMA copies, a checkpoint every 250 steps.
+    `loss_fn(rng)` draws its own batch from the numpy generator, whose state is saved too.
+    Returns the EMA modules."""
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    emas = {k: copy.deepcopy(m).requires_grad_(False) for k, m in modules.items()}
+    stage_seed = run.seed * 1000 + zlib.crc32(name.encode()) % 1000  # stable across processes
+    rng, step = np.random.default_rng(stage_seed), 0
+    torch.manual_seed(stage_seed)
+    ckpt = run.out / f"{name}.ckpt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        for k in modules:
+            modules[k].load_state_dict(state["modules"][k])
+            emas[k].load_state_dict(state["emas"][k])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        rng.bit_generator.state, step = state["rng"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+    bar = tqdm(total=steps, initial=step, desc=name)
+    start, losses = time.time(), []
+    while step < steps:
+        for m in modules.values():
+            m.train()
+        loss = loss_fn(rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        for k in modules:
+            ema_update(emas[k], modules[k], step)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % 50 == 0 or step == steps:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            run.log(stage=name, step=step, loss=float(np.mean(losses[-50:])), seconds=time.time() - start)
+        if step % 250 == 0 or step == steps:
+            torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
+                        "emas": {k: m.state_dict() for k, m in emas.items()}, "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "rng": rng.bit_generator.state, "step": step,
+                        "torch_rng": torch.get_rng_state()}, ckpt)
+    bar.close()
+    return {k: m.eval() for k, m in emas.items()}
+
+
+def load_data(run: Run) -> list[dict]:
+    return [dict(np.load(run.out / f"data_{h}x{w}.npz")) for h, w in BUCKETS]
+
+
+def pick(rng, data: list[dict], batch: int) -> tuple[int, np.ndarray]:
+    """A bucket at random and `batch` indices into it (a batch holds one picture size)."""
+    b = int(rng.integers(len(data)))
+    return b, rng.integers(0, len(data[b]["labels"]), batch)
+
+
+def to_images(uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_data(run: Run) -> None:
+    for i, bucket in enumerate(BUCKETS):
+        rng = np.random.default_rng(run.seed * 100 + i)
+        samples = [make_sample(rng, bucket) for _ in tqdm(range(SAMPLES_PER_BUCKET), desc=f"data {bucket}")]
+        np.savez(run.out / f"data_{bucket[0]}x{bucket[1]}.npz",
+                 images=np.stack([s.image for s in samples]),
+                 masks=np.stack([s.mask for s in samples]),
+                 labels=np.array([[s.labels[k] for k in ATTRIBUTES] for s in samples]),
+                 original_size=np.array([s.original_size for s in samples]),
+                 crop_top_left=np.array([s.crop_top_left for s in samples]),
+                 cut=np.array([s.extra["cut"] for s in samples]))
+
+
+def stage_vae(run: Run) -> AutoencoderKL:
+    data = load_data(run)
+    vae = AutoencoderKL(NANO_VAE)
+
+    def loss_fn(rng):
+        b, idx = pick(rng, data, 32)
+        x = to_images(data[b]["images"][idx])
+        q = vae.encode(x)
+        rec = vae.decode(q.sample())
+        edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
+        kl = 0.5 * (q.mean**2 + q.std**2 - 1 - q.logvar).mean()
+        return (rec - x).abs().mean() + edges + 1e-4 * kl
+
+    vae = fit(run, "vae", {"vae": vae}, loss_fn, STEPS["vae"], lr=5e-4)["vae"]
+    with torch.no_grad():  # SDXL's recipe for the scale: unit variance of the latents
+        z = torch.cat([vae.encode(to_images(d["images"][:1000])).mean.flatten() for d in data])
+    vae.scaling_factor = 1 / z.std().item()
+    torch.save({"state": vae.state_dict(), "scaling_factor": vae.scaling_factor}, run.out / "vae.pt")
+    return vae
+
+
+def trained_vae(run: Run) -> AutoencoderKL:
+    state = torch.load(run.out / "vae.pt", weights_only=False)
+    vae = AutoencoderKL(NANO_VAE)
+    vae.load_state_dict(state["state"])
+    vae.scaling_factor = state["scaling_factor"]
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def stage_latents(run: Run) -> None:
+    vae, data = trained_vae(run), load_data(run)
+    for (h, w), d in zip(BUCKETS, data):
+        rng = np.random.default_rng(run.seed * 7 + h)
+        levels = np.where(rng.random(len(d["images"])) < 0.5, 0.0, rng.uniform(0, 1, len(d["images"])))
+        clean, degraded = [], []
+        for start in tqdm(range(0, len(d["images"]), 256), desc=f"latents {h}x{w}"):
+            images = d["images"][start:start + 256]
+            noisy = np.stack([degrade(im, lv, rng) for im, lv in zip(images, levels[start:start + 256])])
+            clean.append(vae.encode(to_images(images)).mean * vae.scaling_factor)
+            degraded.append(vae.encode(to_images(noisy)).mean * vae.scaling_factor)
+        np.savez(run.out / f"latents_{h}x{w}.npz", clean=torch.cat(clean).half().numpy(),
+                 degraded=torch.cat(degraded).half().numpy(), levels=levels)
+
+
+def new_text_encoders(vocab_size: int):
+    common = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return (CLIPTextModel(CLIPTextConfig(**CLIP_L_LIKE, **common)),
+            CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_LIKE, **common)))
+
+
+def nano_tokenizers():
+    return build_clip_tokenizer(VOCABULARY), build_clip_tokenizer(VOCABULARY, pad_token="!")
+
+
+def captions_for(rng, labels: np.ndarray, dropout: float) -> tuple[list[str], np.ndarray]:
+    """Fresh captions for stored labels (attributes left out at random), and which are dropped."""
+    caps = [make_caption(rng, SHAPES[s], list(COLOURS)[c], POSITIONS[p], SIZES[z]) for s, c, p, z in labels]
+    return caps, rng.random(len(caps)) < dropout
+
+
+def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
+    """(B, 6) or (B, 5): original size, crop top-left, and the target size or aesthetic score."""
+    return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
+
+
+def stage_base(run: Run, schedule: NoiseSchedule):
+    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    tok, tok_2 = nano_tokenizers()
+    te1, te2 = new_text_encoders(len(tok))
+    unet = UNet(NANO_BASE)
+    alphas_cumprod = schedule.alphas_cumprod
+
+    def loss_fn(rng):
+        b, idx = pick(rng, data, 64)
+        x0 = torch.from_numpy(latents[b]["clean"][idx]).float()
+        captions, dropped = captions_for(rng, data[b]["labels"][idx], 0.1)
+        h1 = te1(tokenize(tok, captions), output_hidden_states=True).hidden_states[-2]
+        out2 = te2(tokenize(tok_2, captions), output_hidden_states=True)
+        keep = torch.from_numpy(~dropped).float()
+        context = torch.cat([h1, out2.hidden_states[-2]], -1) * keep[:, None, None]
+        pooled = out2.text_embeds * keep[:, None]
+        target_size = np.tile(BUCKETS[b], (len(idx), 1))
+        y = vector_y(pooled, micro_ids(data[b], idx, target_size))
+        t = torch.from_numpy(rng.integers(0, 1000, len(idx)))
+        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+        ab = alphas_cumprod[t][:, None, None, None]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        return F.mse_loss(unet(x_t, t, context, y), v)
+
+    return fit(run, "base", {"text_encoder": te1, "text_encoder_2": te2, "unet": unet}, loss_fn, STEPS["base"],
+               lr=3e-4)
+
+
+def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2) -> UNet:
+    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    _, tok_2 = nano_tokenizers()
+    unet = UNet(NANO_REFINER)
+    alphas_cumprod = schedule.alphas_cumprod
+    text_encoder_2.requires_grad_(False)
+
+    def loss_fn(rng):
+        b, idx = pick(rng, data, 64)
+        x0 = torch.from_numpy(latents[b]["degraded"][idx]).float()
+        captions, dropped = captions_for(rng, data[b]["labels"][idx], 0.1)
+        captions = ["" if d else c for c, d in zip(captions, dropped)]  # the refiner's unconditional is ""
+        with torch.no_grad():
+            out = text_encoder_2(tokenize(tok_2, captions), output_hidden_states=True)
+        scores = np.array([[aesthetic_score(lv)] for lv in latents[b]["levels"][idx]])
+        y = vector_y(out.text_embeds, micro_ids(data[b], idx, scores))
+        t = torch.from_numpy(rng.integers(0, 200, len(idx)))  # the refiner sees low noise only
+        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+        ab = alphas_cumprod[t][:, None, None, None]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        return F.mse_loss(unet(x_t, t, out.hidden_states[-2], y), v)
+
+    return fit(run, "refiner", {"unet": unet}, loss_fn, STEPS["refiner"], lr=3e-4)["unet"]
+
+
+def attribute_loss(logits: dict, labels: torch.Tensor) -> torch.Tensor:
+    return sum(F.cross_entropy(logits[k], labels[:, i]) for i, k in enumerate(ATTRIBUTES))
+
+
+def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
+    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    classifier, evaluator = NoisyClassifier(), Evaluator()
+    alphas_cumprod = schedule.alphas_cumprod
+
+    def classifier_loss(rng):
+        b, idx = pick(rng, data, 128)
+        x0 = torch.from_numpy(latents[b]["clean"][idx]).float()
+        t = torch.from_numpy(rng.integers(0, 1000, len(idx)))
+        ab = alphas_cumprod[t][:, None, None, None]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+        return attribute_loss(classifier(x_t, t), torch.from_numpy(data[b]["labels"][idx]))
+
+    classifier = fit(run, "classifier", {"m": classifier}, classifier_loss, STEPS["classifier"], lr=1e-3)["m"]
+
+    def evaluator_loss(rng):
+        b, idx = pick(rng, data, 64)
+        images = data[b]["images"][idx]
+        kind = rng.integers(3, size=len(idx))  # clean, reconstructed, degraded
+        levels = np.where(kind == 2, rng.uniform(0.1, 1, len(idx)), 0.0)
+        x = to_images(np.stack([degrade(im, lv, rng) for im, lv in zip(images, levels)]))
+        recon = kind == 1
+        with torch.no_grad():  # decode only the third that is shown as a reconstruction
+            z = torch.from_numpy(latents[b]["clean"][idx[recon]]).float() / vae.scaling_factor
+            x[torch.from_numpy(recon)] = vae.decode(z).clamp(-1, 1)
+        out = evaluator(x)
+        return (attribute_loss(out, torch.from_numpy(data[b]["labels"][idx]))
+                + 5 * F.mse_loss(out["degradation"], torch.from_numpy(levels).float()))
+
+    evaluator = fit(run, "evaluator", {"m": evaluator}, evaluator_loss, STEPS["evaluator"], lr=1e-3)["m"]
+    return classifier, evaluator
+
+
+def stage_export(run: Run, vae, base: dict, refiner: UNet, classifier, evaluator, weights: Path = WEIGHTS) -> None:
+    import safetensors.torch
+
+    from ..loading import save_single_file
+
+    weights.mkdir(parents=True, exist_ok=True)
+    vae.config = dataclasses.replace(vae.config, scaling_factor=vae.scaling_factor)
+    half = {"default_size": 64, "scheduler": NANO_SCHEDULER}
+    for module in (vae, base["unet"], refiner, base["text_encoder"], base["text_encoder_2"]):
+        module.half()
+    save_single_file(weights / "nano_sdxl_base.safetensors", base["unet"], vae, base["text_encoder_2"],
+                     base["text_encoder"], extra=half)
+    save_single_file(weights / "nano_sdxl_refiner.safetensors", refiner, vae, base["text_encoder_2"], extra=half)
+    tok, tok_2 = nano_tokenizers()
+    tok.save_pretrained(weights / "tokenizer")
+    tok_2.save_pretrained(weights / "tokenizer_2")
+    for name, model in (("nano_classifier", classifier), ("nano_evaluator", evaluator)):
+        safetensors.torch.save_file({k: v.half().contiguous() for k, v in model.state_dict().items()},
+                                    str(weights / f"{name}.safetensors"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/nano")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--weights", default=str(WEIGHTS), help="where `export` writes the shipped files")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        global SAMPLES_PER_BUCKET
+        SAMPLES_PER_BUCKET = 300
+        STEPS.update({k: 3 for k in STEPS})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run, schedule = Run(Path(args.out), args.seed), NoiseSchedule.from_config(NANO_SCHEDULER)
+    wanted = args.stages.split(",")
+    if "data" in wanted and not run.done("data"):
+        stage_data(run)
+        run.mark_done("data")
+    if "vae" in wanted and not run.done("vae"):
+        stage_vae(run)
+        run.mark_done("vae", scaling_factor=trained_vae(run).scaling_factor)
+    if "latents" in wanted and not run.done("latents"):
+        stage_latents(run)
+        run.mark_done("latents")
+    base = stage_base(run, schedule) if any(s in wanted for s in ("base", "refiner", "export")) else None
+    run.mark_done("base")
+    refiner = stage_refiner(run, schedule, base["text_encoder_2"]) if {"refiner", "export"} & set(wanted) else None
+    run.mark_done("refiner")
+    if {"classifiers", "export"} & set(wanted):
+        classifier, evaluator = stage_classifiers(run, schedule, trained_vae(run))
+        run.mark_done("classifiers")
+    if "export" in wanted:
+        stage_export(run, trained_vae(run), base, refiner, classifier, evaluator, Path(args.weights))
+        run.mark_done("export")
+
+
+if __name__ == "__main__":
+    main()
