@@ -3,8 +3,9 @@
 Stages, each resumable from its last checkpoint and deterministic given the seed:
 
 1. `data`: render the dataset (`sdxl_edu.nano.data`), one array per aspect bucket;
-2. `vae`: the KL autoencoder (L1 + edge + a tiny KL term, as LDM's first stage without the
-   GAN), then its scaling factor measured as SDXL's was: 1 / std of the training latents;
+2. `vae`: the KL autoencoder on 32 x 32 crops (L1 + edge + a tiny KL term, as LDM's first
+   stage without the GAN), then its scaling factor measured as SDXL's was: 1 / std of the
+   training latents;
 3. `latents`: encode every picture once, clean and degraded (the autoencoder is frozen from
    here on, so the UNets train on cached latents);
 4. `base`: both text encoders and the base UNet together, v-prediction on the zero-terminal-
@@ -47,7 +48,7 @@ from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABU
     make_caption, make_sample
 
 STAGES = ("data", "vae", "latents", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 2000, "base": 4500, "refiner": 1500, "classifier": 1500, "evaluator": 1000}
+STEPS = {"vae": 2000, "base": 3500, "refiner": 1200, "classifier": 1500, "evaluator": 800}
 SAMPLES_PER_BUCKET = 16000
 
 
@@ -164,7 +165,8 @@ def stage_vae(run: Run) -> AutoencoderKL:
 
     def loss_fn(rng):
         b, idx = pick(rng, data, 32)
-        x = to_images(data[b]["images"][idx])
+        top, left = (int(rng.integers(0, n - 32 + 1)) for n in BUCKETS[b])
+        x = to_images(data[b]["images"][idx, top:top + 32, left:left + 32])  # a convolutional model trains on crops
         q = vae.encode(x)
         rec = vae.decode(q.sample())
         edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
