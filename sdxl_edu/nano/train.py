@@ -3,9 +3,10 @@
 Stages, each resumable from its last checkpoint and deterministic given the seed:
 
 1. `data`: render the dataset (`sdxl_edu.nano.data`), one array per aspect bucket;
-2. `vae`: the KL autoencoder on 32 x 32 crops (L1 + edge + a tiny KL term, as LDM's first
-   stage without the GAN), then its scaling factor measured as SDXL's was: 1 / std of the
-   training latents;
+2. `vae`: the KL autoencoder (L1 + edge + a tiny KL term, as LDM's first stage without the
+   GAN), first on 32 x 32 crops, then on whole pictures (trained on crops only, its
+   mid-block attention mixes colours across a whole 16 x 16 latent); then its scaling factor
+   measured as SDXL's was: 1 / std of the training latents;
 3. `latents`: encode every picture once, clean and degraded (the autoencoder is frozen from
    here on, so the UNets train on cached latents);
 4. `base`: both text encoders and the base UNet together, v-prediction on the zero-terminal-
@@ -48,7 +49,7 @@ from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABU
     make_caption, make_sample
 
 STAGES = ("data", "vae", "latents", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 2000, "base": 3500, "refiner": 1200, "classifier": 1500, "evaluator": 800}
+STEPS = {"vae": 2000, "vae_pictures": 1500, "base": 3000, "refiner": 1000, "classifier": 1200, "evaluator": 800}
 SAMPLES_PER_BUCKET = 16000
 
 
@@ -163,17 +164,25 @@ def stage_vae(run: Run) -> AutoencoderKL:
     data = load_data(run)
     vae = AutoencoderKL(NANO_VAE)
 
-    def loss_fn(rng):
-        b, idx = pick(rng, data, 32)
-        top, left = (int(rng.integers(0, n - 32 + 1)) for n in BUCKETS[b])
-        x = to_images(data[b]["images"][idx, top:top + 32, left:left + 32])  # a convolutional model trains on crops
+    def reconstruction_loss(x):
         q = vae.encode(x)
         rec = vae.decode(q.sample())
         edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
         kl = 0.5 * (q.mean**2 + q.std**2 - 1 - q.logvar).mean()
         return (rec - x).abs().mean() + edges + 1e-4 * kl
 
-    vae = fit(run, "vae", {"vae": vae}, loss_fn, STEPS["vae"], lr=5e-4)["vae"]
+    def on_crops(rng):  # cheap: a convolutional model learns from 32 x 32 crops
+        b, idx = pick(rng, data, 32)
+        top, left = (int(rng.integers(0, n - 32 + 1)) for n in BUCKETS[b])
+        return reconstruction_loss(to_images(data[b]["images"][idx, top:top + 32, left:left + 32]))
+
+    def on_pictures(rng):  # but the mid-block attention must see the token count it is used at
+        b, idx = pick(rng, data, 8)
+        return reconstruction_loss(to_images(data[b]["images"][idx]))
+
+    vae = fit(run, "vae", {"vae": vae}, on_crops, STEPS["vae"], lr=5e-4)["vae"]
+    vae = vae.requires_grad_(True)  # continue from the averaged weights
+    vae = fit(run, "vae_pictures", {"vae": vae}, on_pictures, STEPS["vae_pictures"], lr=2e-4, warmup=50)["vae"]
     with torch.no_grad():  # SDXL's recipe for the scale: unit variance of the latents
         z = torch.cat([vae.encode(to_images(d["images"][:1000])).mean.flatten() for d in data])
     vae.scaling_factor = 1 / z.std().item()
