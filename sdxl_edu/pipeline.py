@@ -170,6 +170,8 @@ class Pipeline:
         init_latents = None if image is None else self._image_latents(image, batch, generator)
         if self.kind == "refiner" and init_latents is None:
             raise ValueError("the refiner refines an image: pass image= (a picture or the base's latents)")
+        if mask_image is not None and init_latents is None:
+            raise ValueError("inpainting needs the picture to keep: pass image= along with mask_image=")
         if init_latents is not None:
             height, width = (d * self.vae_scale_factor for d in init_latents.shape[-2:])
         height, width = height or self.default_size, width or self.default_size

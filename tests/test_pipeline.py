@@ -119,6 +119,8 @@ def test_errors(pipe, refiner):
         run(refiner)
     with pytest.raises(ValueError, match="unknown sampler 'heun'"):
         run(pipe, sampler="heun")
+    with pytest.raises(ValueError, match="inpainting needs the picture to keep"):
+        run(pipe, mask_image=Image.new("L", (64, 64)))
     with pytest.raises(ValueError, match="nothing to run"):
         run(pipe, image=Image.new("RGB", (64, 64)), strength=0.1)
 
