@@ -21,6 +21,8 @@ Stages, each resumable from its last checkpoint and deterministic given the seed
    `sdxl_edu/nano/weights/`.
 
 Exponential moving averages of the weights are what gets exported, as for SDXL.
+`--continue-from-shipped` starts the UNets and text encoders from the shipped weights (and
+keeps their autoencoder), so training can go on across sessions.
 """
 
 import argparse
@@ -235,11 +237,14 @@ def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
 
 
-def stage_base(run: Run, schedule: NoiseSchedule):
+def stage_base(run: Run, schedule: NoiseSchedule, init=None):
     data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
     tok, tok_2 = nano_tokenizers()
     te1, te2 = new_text_encoders(len(tok))
     unet = UNet(NANO_BASE)
+    if init is not None:  # continue from a shipped pipeline
+        for ours, theirs in ((te1, init.text_encoder), (te2, init.text_encoder_2), (unet, init.unet)):
+            ours.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()})
     alphas_cumprod = schedule.alphas_cumprod
 
     def loss_fn(rng):
@@ -264,10 +269,12 @@ def stage_base(run: Run, schedule: NoiseSchedule):
                lr=3e-4)
 
 
-def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2) -> UNet:
+def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) -> UNet:
     data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
     _, tok_2 = nano_tokenizers()
     unet = UNet(NANO_REFINER)
+    if init is not None:
+        unet.load_state_dict({k: v.float() for k, v in init.unet.state_dict().items()})
     alphas_cumprod = schedule.alphas_cumprod
     text_encoder_2.requires_grad_(False)
 
@@ -356,6 +363,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--weights", default=str(WEIGHTS), help="where `export` writes the shipped files")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything: a smoke test")
+    parser.add_argument("--continue-from-shipped", action="store_true",
+                        help="start the UNets and text encoders from the shipped weights and take their "
+                             "autoencoder as it is (a session's training does not outlive the session)")
     args = parser.parse_args(argv)
     if args.quick:
         global SAMPLES_PER_BUCKET
@@ -368,15 +378,26 @@ def main(argv=None) -> None:
     if "data" in wanted and not run.done("data"):
         stage_data(run)
         run.mark_done("data")
+    shipped = shipped_refiner = None
+    if args.continue_from_shipped:
+        from ..loading import load_pipeline
+        from . import BASE_FILE, REFINER_FILE
+
+        shipped, shipped_refiner = load_pipeline(BASE_FILE), load_pipeline(REFINER_FILE)
+        if not run.done("vae"):
+            torch.save({"state": {k: v.float() for k, v in shipped.vae.state_dict().items()},
+                        "scaling_factor": shipped.vae.scaling_factor}, run.out / "vae.pt")
+            run.mark_done("vae", scaling_factor=shipped.vae.scaling_factor, source="shipped")
     if "vae" in wanted and not run.done("vae"):
         stage_vae(run)
         run.mark_done("vae", scaling_factor=trained_vae(run).scaling_factor)
     if "latents" in wanted and not run.done("latents"):
         stage_latents(run)
         run.mark_done("latents")
-    base = stage_base(run, schedule) if any(s in wanted for s in ("base", "refiner", "export")) else None
+    base = stage_base(run, schedule, shipped) if any(s in wanted for s in ("base", "refiner", "export")) else None
     run.mark_done("base")
-    refiner = stage_refiner(run, schedule, base["text_encoder_2"]) if {"refiner", "export"} & set(wanted) else None
+    refiner = (stage_refiner(run, schedule, base["text_encoder_2"], shipped_refiner)
+               if {"refiner", "export"} & set(wanted) else None)
     run.mark_done("refiner")
     if {"classifiers", "export"} & set(wanted):
         classifier, evaluator = stage_classifiers(run, schedule, trained_vae(run))
