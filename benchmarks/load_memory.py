@@ -43,7 +43,7 @@ def write_synthetic(path: Path, kind: str, seed: int = 0) -> int:
     g = torch.Generator().manual_seed(seed)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        for key, entry in header.items():
+        for entry in header.values():
             if entry["dtype"] == "I64":
                 tensor = torch.arange(entry["shape"][-1]).view(entry["shape"])
             else:

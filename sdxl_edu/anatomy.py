@@ -30,7 +30,7 @@ def unet_parameters(config: UNetConfig) -> dict[str, int]:
     counts = {"total": _count(unet),
               "spatial transformers": sum(_count(m) for m in unet.modules() if isinstance(m, SpatialTransformer))}
     level_of_input, level = [0], 0
-    for i, block in enumerate(unet.input_blocks[1:], start=1):
+    for block in unet.input_blocks[1:]:
         level_of_input.append(level)
         if type(block[0]).__name__ == "Downsample":
             level += 1

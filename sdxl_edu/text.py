@@ -95,10 +95,6 @@ def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], pad_to
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=MAX_LENGTH)
 
 
-def save_tokenizer(tokenizer: CLIPTokenizer, folder: str) -> None:
-    tokenizer.save_pretrained(folder)
-
-
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
     """Token ids (B, 77), padded with the tokenizer's pad token. Longer prompts are cut
     to 77 tokens (BOS + 75 + EOS) with a warning naming what was cut, as diffusers does.

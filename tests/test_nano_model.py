@@ -6,7 +6,7 @@ import torch
 
 import sdxl_edu
 from sdxl_edu import load_pipeline
-from sdxl_edu.nano import BASE_FILE, NANO_BASE, NANO_REFINER, REFINER_FILE, WEIGHTS
+from sdxl_edu.nano import NANO_BASE, NANO_REFINER, REFINER_FILE, WEIGHTS
 from sdxl_edu.nano.bench import load_classifier, load_evaluator, read
 from sdxl_edu.nano.data import COLOURS, SHAPES
 
