@@ -72,3 +72,23 @@ def test_micro_conditioning_reaches_the_unet(nano):
     reference = eps((64, 64), (0, 0))
     for changed in (eps((16, 16), (0, 0)), eps((64, 128), (0, 0)), eps((64, 64), (0, 32)), eps((64, 64), (0, 0), (48, 80))):
         assert (changed - reference).abs().mean() > 1e-3 * reference.abs().mean()
+
+
+def test_the_evaluator_reads_every_attribute_of_fresh_pictures():
+    """The benchmark and the lessons are only as good as their judge: pictures it never saw."""
+    from sdxl_edu.nano.bench import evaluator_accuracy
+
+    accuracy = evaluator_accuracy(load_evaluator(), n=200, seed=20_000)
+    assert min(accuracy.values()) >= 0.9, accuracy
+
+
+def test_the_refiner_follows_its_aesthetic_score(nano):
+    """Told a low score, the refiner degrades the picture; told a high one, it does not."""
+    refiner = load_pipeline(REFINER_FILE)
+    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS]
+    base = nano(prompts, num_inference_steps=20, seed=3, progress=False).images
+    evaluator = load_evaluator()
+    degradation = {score: read(evaluator, refiner(prompts, image=base, strength=0.2, num_inference_steps=20,
+                                                  aesthetic_score=score, seed=3, progress=False).images)
+                   ["degradation"].mean() for score in (6.0, 2.5)}
+    assert degradation[2.5] > degradation[6.0] + 0.02, degradation

@@ -156,17 +156,23 @@ def refiner_effect(pipe, refiner, evaluator, n: int) -> dict:
 
 
 def pointing_game(pipe, n: int) -> dict:
+    """Does the shape word's map peak on the object? For DAAM's map (all layers, heads and
+    steps) and for each cross-attention layer on its own (layers specialise, lesson 6)."""
     prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
     with pipe.capture_attention() as attn:
         images = generate(pipe, prompts, 4)
     masks = object_mask(images)
-    hits = []
-    for i, prompt in enumerate(prompts):
-        heat = torch.nn.functional.interpolate(attn.cross_attention_map(prompt.split()[-1], i)[None, None],
-                                               size=masks.shape[1:], mode="bilinear")[0, 0]
-        peak = np.unravel_index(int(heat.argmax()), masks.shape[1:])
-        hits.append(bool(masks[i][peak]))
-    return {"shape_word_peak_on_object": float(np.mean(hits))}
+
+    def hit(heat, i) -> bool:
+        heat = torch.nn.functional.interpolate(heat[None, None].float(), size=masks.shape[1:], mode="bilinear")[0, 0]
+        return bool(masks[i].flat[int(heat.argmax())])
+
+    words = [p.split()[-1] for p in prompts]
+    daam = np.mean([hit(attn.cross_attention_map(w, i), i) for i, w in enumerate(words)])
+    layers = {name: float(np.mean([hit(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), i)
+                                   for i, w in enumerate(words)])) for name, maps in attn.layer_maps.items()}
+    best = max(layers, key=layers.get)
+    return {"shape_word_peak_on_object": float(daam), "best_layer": best, "best_layer_peak_on_object": layers[best]}
 
 
 def timing(pipe) -> dict:

@@ -126,9 +126,12 @@ def make_sample(rng: np.random.Generator, bucket: tuple[int, int], caption_dropo
     size = size_final / scale
     r = size / 2
     if framed:
+        # a framed photograph shows the whole subject: keep 3 final pixels (and the
+        # upscaling blur) between the object and the frame
         (y0, y1), (x0, x1) = REGIONS[rng.choice(POSITIONS)]
-        cy = np.clip(rng.uniform(y0, y1) * oh, r + 0.5, oh - r - 0.5)
-        cx = np.clip(rng.uniform(x0, x1) * ow, r + 0.5, ow - r - 0.5)
+        margin = r + 3 / scale + 0.5
+        cy = np.clip(rng.uniform(y0, y1) * oh, margin, oh - margin)
+        cx = np.clip(rng.uniform(x0, x1) * ow, margin, ow - margin)
     else:  # near the middle along the axis the crop cuts (the long one), anywhere across it
         wide = ow / oh > bw / bh
         jitter_y, jitter_x = (0.25, 0.05) if wide else (0.05, 0.25)
