@@ -13,13 +13,30 @@ come from their configs alone.
 
 import torch
 
-from .config import UNetConfig, VAEConfig
+from .config import SDXL_CLIP_BIGG, SDXL_CLIP_L, UNetConfig, VAEConfig
 from .unet import SpatialTransformer, UNet
 from .vae import AutoencoderKL
 
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _levels(unet: UNet, config: UNetConfig) -> dict[str, list[str]]:
+    """Names of the blocks of each level (encoder and decoder together) and of the middle."""
+    level_of_input, level = [0], 0
+    for block in unet.input_blocks[1:]:
+        level_of_input.append(level)
+        if type(block[0]).__name__ == "Downsample":
+            level += 1
+    groups = {}
+    for level in range(config.num_levels):
+        down = [f"input_blocks.{i}" for i in range(1, len(unet.input_blocks)) if level_of_input[i] == level]
+        first = (config.num_levels - 1 - level) * (config.num_res_blocks + 1)
+        up = [f"output_blocks.{i}" for i in range(first, first + config.num_res_blocks + 1)]
+        groups[f"level {level}"] = down + up
+    groups["middle"] = ["middle_block"]
+    return groups
 
 
 def unet_parameters(config: UNetConfig) -> dict[str, int]:
@@ -29,16 +46,33 @@ def unet_parameters(config: UNetConfig) -> dict[str, int]:
         unet = UNet(config)
     counts = {"total": _count(unet),
               "spatial transformers": sum(_count(m) for m in unet.modules() if isinstance(m, SpatialTransformer))}
-    level_of_input, level = [0], 0
-    for block in unet.input_blocks[1:]:
-        level_of_input.append(level)
-        if type(block[0]).__name__ == "Downsample":
-            level += 1
-    for level in range(config.num_levels):
-        down = [b for i, b in enumerate(unet.input_blocks) if i and level_of_input[i] == level]
-        up = unet.output_blocks[(config.num_levels - 1 - level) * (config.num_res_blocks + 1):][:config.num_res_blocks + 1]
-        counts[f"level {level}"] = sum(_count(b) for b in down + list(up))
-    counts["middle"] = _count(unet.middle_block)
+    for group, names in _levels(unet, config).items():
+        counts[group] = sum(_count(unet.get_submodule(n)) for n in names)
+    return counts
+
+
+def unet_flops(config: UNetConfig, height: int, width: int) -> dict[str, int]:
+    """Floating-point operations of one UNet call on (1, 4, height, width) latents, in total,
+    in SpatialTransformers, per level and in the middle (PyTorch's FlopCounterMode, on meta).
+
+    >>> from sdxl_edu.config import SDXL_BASE
+    >>> round(unet_flops(SDXL_BASE, 128, 128)["total"] / 1e12, 2)  # a 1024 x 1024 picture
+    6.76
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        unet = UNet(config)
+        args = (torch.randn(1, config.in_channels, height, width), torch.tensor([500.0]),
+                torch.randn(1, 77, config.context_dim), torch.randn(1, config.adm_in_channels))
+        with FlopCounterMode(display=False) as counter:
+            unet(*args)
+    per_module = {name.removeprefix("UNet."): sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    transformers = [n for n, m in unet.named_modules() if isinstance(m, SpatialTransformer)]
+    counts = {"total": counter.get_total_flops(),
+              "spatial transformers": sum(per_module.get(n, 0) for n in transformers)}
+    for group, names in _levels(unet, config).items():
+        counts[group] = sum(per_module.get(n, 0) for n in names)
     return counts
 
 
@@ -51,3 +85,16 @@ def vae_parameters(config: VAEConfig) -> int:
     """
     with torch.device("meta"):
         return _count(AutoencoderKL(config))
+
+
+def text_encoder_parameters(clip_l: dict = SDXL_CLIP_L, bigg: dict = SDXL_CLIP_BIGG) -> dict[str, int]:
+    """Parameters of the two text encoders (transformers' CLIP text models, built on meta).
+
+    >>> text_encoder_parameters()  # CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, with its projection
+    {'CLIP ViT-L': 123060480, 'OpenCLIP ViT-bigG': 694659840}
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device("meta"):
+        return {"CLIP ViT-L": _count(CLIPTextModel(CLIPTextConfig(**clip_l))),
+                "OpenCLIP ViT-bigG": _count(CLIPTextModelWithProjection(CLIPTextConfig(**bigg)))}

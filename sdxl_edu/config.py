@@ -101,3 +101,13 @@ SDXL_REFINER = UNetConfig(
 )
 
 SDXL_VAE = VAEConfig()
+
+
+# The two text encoders of SDXL base, as transformers' CLIPTextConfig arguments (the released
+# repository's text_encoder/config.json and text_encoder_2/config.json). CLIP ViT-L/14 uses
+# quick_gelu (x * sigmoid(1.702 x)), OpenCLIP bigG the exact GELU; bigG has a projection for
+# the pooled embedding. Both: 77 positions, the 49,408-token CLIP BPE vocabulary.
+SDXL_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                   hidden_act="quick_gelu", vocab_size=49408, max_position_embeddings=77)
+SDXL_CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                      hidden_act="gelu", projection_dim=1280, vocab_size=49408, max_position_embeddings=77)

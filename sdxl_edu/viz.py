@@ -104,3 +104,21 @@ def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image
     heat = F.interpolate(heat[None, None], size=image.size[::-1], mode="bilinear", align_corners=False)[0, 0]
     colours = (matplotlib.colormaps["jet"](heat.numpy())[..., :3] * 255).astype(np.uint8)
     return Image.blend(image.convert("RGB"), Image.fromarray(colours), alpha)
+
+
+def labelled_grid(images: list[Image.Image], labels: list[str], columns: int, scale: int = 2) -> Image.Image:
+    """A grid of pictures, each enlarged `scale` times with its label written under it.
+
+    >>> labelled_grid([Image.new("RGB", (64, 64))] * 3, ["a", "b", "c"], columns=3).size
+    (384, 144)
+    """
+    from PIL import ImageDraw
+
+    w, h = images[0].size[0] * scale, images[0].size[1] * scale
+    tiles = []
+    for image, label in zip(images, labels):
+        tile = Image.new("RGB", (w, h + 16), "white")
+        tile.paste(image.convert("RGB").resize((w, h), Image.NEAREST), (0, 0))
+        ImageDraw.Draw(tile).text((2, h + 2), label, fill="black")
+        tiles.append(tile)
+    return grid(tiles, columns)
