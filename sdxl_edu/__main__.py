@@ -1,4 +1,5 @@
-"""Command line: `python -m sdxl_edu info [SOURCE]`, `python -m sdxl_edu generate SOURCE PROMPT`."""
+"""Command line: `python -m sdxl_edu figures` (regenerate figures/ from the lessons),
+`python -m sdxl_edu info [SOURCE]`, `python -m sdxl_edu generate SOURCE PROMPT`."""
 
 import argparse
 import sys
@@ -40,6 +41,9 @@ def generate(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdxl_edu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("figures", help="run every lesson on nano SDXL and regenerate figures/")
+    p.add_argument("--lessons", default="lessons")
+    p.add_argument("--out", default="figures")
     p = sub.add_parser("info", help="architecture and parameter counts")
     p.add_argument("source", nargs="?", help="a checkpoint (default: the released SDXL configs, no weights needed)")
     p = sub.add_parser("generate", help="one image from a prompt")
@@ -52,7 +56,14 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--out", default="sdxl_edu.png")
     args = parser.parse_args(argv)
-    info(args.source) if args.command == "info" else generate(args)
+    if args.command == "figures":
+        from .figures import main as figures
+
+        figures(args.lessons, args.out)
+    elif args.command == "info":
+        info(args.source)
+    else:
+        generate(args)
 
 
 if __name__ == "__main__":

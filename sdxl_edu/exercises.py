@@ -1,0 +1,352 @@
+"""Checkers for the lessons' exercises: each says right or wrong, and why.
+
+A checker takes the learner's answer (a number, a word, or a function to test) and computes
+the truth on the spot, from the code or the model the lesson runs, never from a stored
+answer. It returns a `Verdict`, which a notebook shows as one line:
+
+>>> unet_rows(None)
+… Not answered yet: replace None with your answer and run the cell again.
+>>> classifier_free_guidance_rule(lambda eps_u, eps_c, w: eps_c)
+✗ Not quite: with w = 0.0 your function gives eps_cond, but guidance moves past it: eps_uncond + w (eps_cond - eps_uncond).
+
+Solutions are in `lessons/solutions.py`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Verdict:
+    ok: bool | None  # None: not answered yet
+    why: str
+
+    def __repr__(self) -> str:
+        if self.ok is None:
+            return f"… Not answered yet: {self.why}"
+        return f"{'✓ Right' if self.ok else '✗ Not quite'}: {self.why}"
+
+    def __bool__(self) -> bool:
+        return bool(self.ok)
+
+
+NOT_YET = Verdict(None, "replace None with your answer and run the cell again.")
+
+
+def _close(a, b, tol: float = 1e-4) -> bool:
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
+                          atol=tol, rtol=tol)
+
+
+# ----------------------------------------------------------------------------- 01 the pipeline tour
+
+def unet_rows(answer, pipe=None, steps: int = 20) -> Verdict:
+    """How many pictures' worth of UNet evaluations (batch rows) does one guided picture cost
+    in `steps` steps? Counted with a forward hook when a pipeline is given."""
+    if answer is None:
+        return NOT_YET
+    truth = 2 * steps
+    if pipe is not None:
+        rows = []
+        handle = pipe.unet.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+        try:
+            pipe("a red circle", num_inference_steps=steps, seed=0, progress=False, output_type="latent")
+        finally:
+            handle.remove()
+        truth = sum(rows)
+    if answer == truth:
+        return Verdict(True, f"{truth}: each of the {steps} steps runs the UNet on a batch of two, the "
+                             "unconditional and the conditional branch of classifier-free guidance.")
+    hint = "one per step is not all: guidance needs two predictions" if answer == steps else \
+        "count the steps and the guidance branches"
+    return Verdict(False, f"{answer} is not what was counted; {hint}.")
+
+
+def latent_shape_rule(fn) -> Verdict:
+    """`fn(height, width) -> (channels, h, w)` of SDXL's latents."""
+    from .config import SDXL_VAE
+
+    if fn is None:
+        return NOT_YET
+    f, c = SDXL_VAE.downsampling_factor, SDXL_VAE.z_channels
+    for height, width in ((1024, 1024), (832, 1216), (512, 768)):
+        truth = (c, height // f, width // f)
+        got = tuple(fn(height, width))
+        if got != truth:
+            return Verdict(False, f"for {height}x{width} you give {got}, SDXL's VAE makes {truth}: "
+                                  f"{c} channels, {f} pixels per latent pixel along each side.")
+    return Verdict(True, f"{c} channels at 1/{f} of the size: a 1024x1024x3 picture is 128x128x4, "
+                         f"{1024 * 1024 * 3 // (128 * 128 * 4)} times fewer values.")
+
+
+def refiner_context_width(answer) -> Verdict:
+    """The width of the refiner's text context (SDXL refiner 1.0)."""
+    from .config import SDXL_BASE, SDXL_REFINER
+
+    if answer is None:
+        return NOT_YET
+    if answer == SDXL_REFINER.context_dim:
+        return Verdict(True, f"{answer}: the refiner reads OpenCLIP bigG alone, whose hidden size is {answer}.")
+    if answer == SDXL_BASE.context_dim:
+        return Verdict(False, f"{answer} is the base's (768 + 1280); the refiner has no CLIP ViT-L.")
+    return Verdict(False, f"{answer}: look at which text encoders the refiner keeps, and their widths.")
+
+
+# ----------------------------------------------------------------------------- 02 diffusion
+
+def q_sample_rule(fn, schedule) -> Verdict:
+    """`fn(x0, t, noise, alphas_cumprod) -> x_t` must equal the forward process."""
+    if fn is None:
+        return NOT_YET
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in (0, 250, 999):
+        truth = schedule.q_sample(x0, t, noise)
+        got = fn(x0, t, noise, schedule.alphas_cumprod)
+        if not _close(got, truth):
+            return Verdict(False, f"at t = {t} your x_t differs from sqrt(alpha_bar_t) x0 + "
+                                  "sqrt(1 - alpha_bar_t) noise (variance preserving: the two weights' squares sum to 1).")
+    return Verdict(True, "x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, at every t tried.")
+
+
+def sigma_rule(fn, schedule) -> Verdict:
+    """`fn(alpha_bar) -> sigma`, the noise level of the variance-exploding view."""
+    if fn is None:
+        return NOT_YET
+    ab = schedule.alphas_cumprod[[1, 500, 998]]
+    truth = ((1 - ab) / ab).sqrt()
+    got = fn(ab)
+    if _close(got, truth, 1e-3):
+        return Verdict(True, "sigma = sqrt((1 - alpha_bar) / alpha_bar): x_t / sqrt(alpha_bar) = x0 + sigma eps.")
+    return Verdict(False, "divide x_t by sqrt(alpha_bar_t): the noise that is left has standard deviation sigma.")
+
+
+def terminal_signal(answer, schedule) -> Verdict:
+    """The fraction of x0 left in x_999 (sqrt(alpha_bar) at the last timestep), to 2 digits."""
+    if answer is None:
+        return NOT_YET
+    truth = float(schedule.alphas_cumprod[-1].sqrt())
+    if abs(answer - truth) < 0.005:
+        return Verdict(True, f"sqrt(alpha_bar_999) = {truth:.4f}: the last step is not pure noise.")
+    return Verdict(False, f"it is {truth:.4f}: x_999 = sqrt(alpha_bar_999) x0 + sqrt(1 - alpha_bar_999) eps.")
+
+
+# ----------------------------------------------------------------------------- 03 guidance
+
+def classifier_free_guidance_rule(fn) -> Verdict:
+    """`fn(eps_uncond, eps_cond, w) -> eps`."""
+    if fn is None:
+        return NOT_YET
+    g = torch.Generator().manual_seed(0)
+    eps_u, eps_c = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    for w in (0.0, 1.0, 3.0, 7.5):
+        truth = eps_u + w * (eps_c - eps_u)
+        got = fn(eps_u, eps_c, w)
+        if not _close(got, truth):
+            if _close(got, eps_c):
+                return Verdict(False, f"with w = {w} your function gives eps_cond, but guidance moves past it: "
+                                      "eps_uncond + w (eps_cond - eps_uncond).")
+            return Verdict(False, f"with w = {w} the result differs from eps_uncond + w (eps_cond - eps_uncond).")
+    return Verdict(True, "eps = eps_uncond + w (eps_cond - eps_uncond) = w eps_cond + (1 - w) eps_uncond: "
+                         "w = 0 is the unconditional model, w = 1 the conditional one.")
+
+
+def guidance_cost(answer, measured_ratio: float) -> Verdict:
+    """Predict: CFG's time per step over one UNet pass ("about 1", "about 2", "about 4")."""
+    if answer is None:
+        return NOT_YET
+    truth = min((1, 2, 4), key=lambda r: abs(r - measured_ratio))
+    if answer == truth:
+        return Verdict(True, f"measured {measured_ratio:.2f}: two predictions per step, one batch of two.")
+    return Verdict(False, f"measured {measured_ratio:.2f}: CFG needs eps_cond and eps_uncond at every step.")
+
+
+# ----------------------------------------------------------------------------- 04 negative prompts
+
+def negative_formula(answer) -> Verdict:
+    """Which prediction does a negative prompt replace: 'conditional' or 'unconditional'?"""
+    if answer is None:
+        return NOT_YET
+    if str(answer).lower().startswith("uncond"):
+        return Verdict(True, "eps = eps_neg + w (eps_cond - eps_neg): guidance now pushes away from the "
+                             "negative prompt instead of away from no prompt at all.")
+    return Verdict(False, "the prompt's own branch is untouched; the negative prompt takes the place of the "
+                          "empty prompt.")
+
+
+def zeros_vs_empty(answer, pipe) -> Verdict:
+    """Is the embedding of the empty prompt "" all zeros? (True / False), checked on `pipe`."""
+    if answer is None:
+        return NOT_YET
+    text = pipe.encode_prompt("a circle", negative_prompt="", force_zeros=False)
+    truth = bool((text.negative_context == 0).all() and (text.negative_pooled == 0).all())
+    if bool(answer) == truth:
+        return Verdict(True, f"{truth}: \"\" still has a start and an end token that the text encoders turn "
+                             "into vectors; zeros are a different unconditional branch (SDXL's own code uses them).")
+    return Verdict(False, "encode \"\" and look: the start and end tokens still pass through both encoders.")
+
+
+# ----------------------------------------------------------------------------- 05 CLIP skip
+
+def clip_skip_index(fn) -> Verdict:
+    """`fn(clip_skip) -> index into hidden_states` that SDXL reads (None: SDXL's default)."""
+    from .text import clip_skip_layer
+
+    if fn is None:
+        return NOT_YET
+    for k in (None, 0, 1, 2, 3):
+        if fn(k) != clip_skip_layer(k):
+            return Verdict(False, f"for clip_skip={k} you read hidden_states[{fn(k)}], SDXL reads "
+                                  f"hidden_states[{clip_skip_layer(k)}]: the default is already the penultimate "
+                                  "layer, and clip_skip=k goes k layers further back.")
+    return Verdict(True, "hidden_states[-2] by default (the penultimate layer), hidden_states[-(k + 2)] with "
+                         "clip_skip=k.")
+
+
+def hidden_state_count(answer, pipe) -> Verdict:
+    """How many hidden states does the second text encoder return (embeddings included)?"""
+    if answer is None:
+        return NOT_YET
+    n = pipe.text_encoder_2.config.num_hidden_layers + 1
+    if answer == n:
+        return Verdict(True, f"{n}: the token embeddings, then one per transformer layer.")
+    return Verdict(False, f"it is {n}: the embeddings count as hidden_states[0].")
+
+
+# ----------------------------------------------------------------------------- 06 attention
+
+def transformer_blocks(answer, config) -> Verdict:
+    """How many BasicTransformerBlocks does a UNet with this config hold?"""
+    from .unet import BasicTransformerBlock, UNet
+
+    if answer is None:
+        return NOT_YET
+    with torch.device("meta"):
+        n = sum(isinstance(m, BasicTransformerBlock) for m in UNet(config).modules())
+    if answer == n:
+        return Verdict(True, f"{n}: depth x (2 encoder + 3 decoder blocks) per level, plus the middle.")
+    return Verdict(False, f"it is {n}: each level has 2 encoder and 3 decoder blocks with attention, "
+                          "each with `depth` transformer blocks, and the middle has its own.")
+
+
+def attention_scores_size(fn) -> Verdict:
+    """`fn(h, w, tokens) -> (self_attention_entries, cross_attention_entries)` per head."""
+    if fn is None:
+        return NOT_YET
+    for h, w, tokens in ((32, 32, 77), (64, 64, 77), (8, 16, 77)):
+        truth = ((h * w) ** 2, h * w * tokens)
+        if tuple(fn(h, w, tokens)) != truth:
+            return Verdict(False, f"for a {h}x{w} feature map: self-attention compares every pixel with every "
+                                  f"pixel, {truth[0]}; cross-attention every pixel with every token, {truth[1]}.")
+    return Verdict(True, "self-attention grows with the square of the pixel count: why SDXL has none at the "
+                         "128x128 level.")
+
+
+# ----------------------------------------------------------------------------- 07 size and crop
+
+def y_width(answer, config) -> Verdict:
+    """The width of y for a base UNet: pooled + 6 scalars x 256 Fourier features."""
+    if answer is None:
+        return NOT_YET
+    if answer == config.adm_in_channels:
+        return Verdict(True, f"{answer} = pooled + 6 x 256 (original h, w; crop top, left; target h, w).")
+    return Verdict(False, f"the UNet expects {config.adm_in_channels}: count the pooled width and 6 sizes, "
+                          "each as 256 sinusoidal features.")
+
+
+def micro_ids_rule(fn) -> Verdict:
+    """`fn(original_size, crop_top_left, target_size) -> six numbers` in the order SDXL's UNet
+    reads them (each argument is (height, width) or (top, left))."""
+    from .conditioning import micro_conditioning_ids
+
+    if fn is None:
+        return NOT_YET
+    for args in (((1024, 1024), (0, 0), (1024, 1024)), ((512, 768), (16, 32), (832, 1216))):
+        truth = micro_conditioning_ids(*args[:2], target_size=args[2]).tolist()
+        got = [float(v) for v in fn(*args)]
+        if got != truth:
+            return Verdict(False, f"for {args} you give {got}; SDXL reads {truth}: original size, crop, target "
+                                  "size, each height (or top) first.")
+    return Verdict(True, "original (h, w), crop (top, left), target (h, w): height before width, as in sgm's "
+                         "conditioner.")
+
+
+# ----------------------------------------------------------------------------- 08 refiner
+
+def handoff_steps(answer, pipe, steps: int = 40, denoising_end: float = 0.8) -> Verdict:
+    """How many of `steps` steps does the base run before handing off at `denoising_end`?"""
+    if answer is None:
+        return NOT_YET
+    n = len(pipe._plan("euler", steps, False, False, 1.0, None, denoising_end))
+    if answer == n:
+        return Verdict(True, f"{n}: the steps with t >= {round(1000 * (1 - denoising_end))}; the refiner runs "
+                             f"the other {steps - n}.")
+    return Verdict(False, f"the base runs {n}: the steps whose timestep is at least "
+                          f"{round(1000 * (1 - denoising_end))}.")
+
+
+def img2img_steps(answer, strength: float = 0.3, steps: int = 50) -> Verdict:
+    """How many steps does img2img run with this strength and step count?"""
+    if answer is None:
+        return NOT_YET
+    n = min(int(steps * strength), steps)
+    if answer == n:
+        return Verdict(True, f"int({steps} x {strength}) = {n}: strength is the fraction of the schedule re-run.")
+    return Verdict(False, f"it runs int(steps x strength) = {n}.")
+
+
+# ----------------------------------------------------------------------------- 09 img2img
+
+def similarity_trend(answer, similarities: dict) -> Verdict:
+    """Predict: as strength grows, does similarity to the input 'rise' or 'fall'?"""
+    if answer is None:
+        return NOT_YET
+    values = [similarities[k] for k in sorted(similarities)]
+    truth = "fall" if values[-1] < values[0] else "rise"
+    if str(answer).lower() == truth:
+        return Verdict(True, "more of the schedule re-run means more of the picture redrawn.")
+    return Verdict(False, f"measured: {', '.join(f'{k}: {v:.2f}' for k, v in sorted(similarities.items()))}.")
+
+
+# ----------------------------------------------------------------------------- 10 VAE
+
+def scaling_factor_rule(fn, vae, images) -> Verdict:
+    """`fn(latents) -> scaling factor` (SDXL's recipe: unit variance)."""
+    if fn is None:
+        return NOT_YET
+    with torch.no_grad():
+        z = vae.encode(images).mean
+    truth = 1 / z.std().item()
+    got = float(fn(z))
+    if abs(got - truth) / truth < 1e-3:
+        return Verdict(True, f"1 / std = {truth:.4f}: scaled latents have unit variance, like the noise.")
+    return Verdict(False, f"got {got:.4f}; the factor makes the latents' standard deviation 1.")
+
+
+def fp16_limit(answer) -> Verdict:
+    """The largest finite float16 number."""
+    if answer is None:
+        return NOT_YET
+    truth = torch.finfo(torch.float16).max
+    if abs(float(answer) - truth) < 1:
+        return Verdict(True, f"{truth:.0f}: an activation above it becomes inf, and the next GroupNorm NaN.")
+    return Verdict(False, f"torch.finfo(torch.float16).max is {truth:.0f}.")
+
+
+# ----------------------------------------------------------------------------- 11 samplers
+
+def stochastic_samplers(answer) -> Verdict:
+    """Which samplers add fresh noise at each step? A set of names."""
+    from .samplers import SAMPLERS
+
+    if answer is None:
+        return NOT_YET
+    truth = {"euler_ancestral", "ddpm"}
+    answer = set(answer)
+    if not answer <= set(SAMPLERS):
+        return Verdict(False, f"the samplers are {sorted(SAMPLERS)}.")
+    if answer == truth:
+        return Verdict(True, "Euler ancestral and DDPM draw new noise each step (DDIM does with eta > 0): "
+                             "more steps do not make them converge to one picture.")
+    return Verdict(False, "look for a call that draws noise inside the loop in sdxl_edu/samplers.py.")
