@@ -1,0 +1,105 @@
+"""Solutions to the lessons' exercises, one section per lesson.
+
+Each solution is what you would type into the exercise cell; `tests/test_lessons.py` runs every
+checker on it. Try the exercise before reading on.
+"""
+
+import torch
+
+# ----------------------------------------------------------------------------- 01 the pipeline tour
+
+# Each of the 20 steps runs the UNet once on a batch of two: [unconditional, conditional].
+unet_rows = 40
+
+
+def latent_shape(height, width):
+    # SDXL's VAE: 4 latent channels, 8 x 8 pixels per latent pixel
+    return 4, height // 8, width // 8
+
+
+# The refiner keeps OpenCLIP bigG only: 1280 wide (the base concatenates 768 + 1280).
+refiner_context_width = 1280
+
+# ----------------------------------------------------------------------------- 02 forward and reverse diffusion
+
+
+def q_sample(x0, t, noise, alphas_cumprod):
+    alpha_bar = alphas_cumprod[t]
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+
+def sigma_from_alpha_bar(alpha_bar):
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+# sqrt(alpha_bar_999) on SDXL's schedule (0 on a zero-terminal-SNR schedule)
+terminal_signal = 0.068
+
+# ----------------------------------------------------------------------------- 03 guidance
+
+
+def cfg(eps_uncond, eps_cond, w):
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+guidance_cost = 2  # two predictions per step, in one batch of two
+
+# ----------------------------------------------------------------------------- 04 negative prompts
+
+negative_formula = "unconditional"
+zeros_vs_empty = False  # "" still has a start and an end token, which the encoders turn into vectors
+
+# ----------------------------------------------------------------------------- 05 CLIP skip
+
+
+def layer_index(clip_skip):
+    return -((clip_skip or 0) + 2)
+
+
+def hidden_state_count(pipe):
+    return pipe.text_encoder_2.config.num_hidden_layers + 1  # the embeddings, then one per layer
+
+
+# ----------------------------------------------------------------------------- 06 attention
+
+# level 1: 2 blocks x (2 encoder + 3 decoder layers) = 10; level 2: 10 x 5 = 50; middle: 10
+transformer_blocks = 70
+
+
+def attention_entries(h, w, tokens):
+    pixels = h * w
+    return pixels * pixels, pixels * tokens
+
+
+# ----------------------------------------------------------------------------- 07 size and crop
+
+y_width = 2816  # pooled 1280 + 6 sizes x 256 features
+
+
+def micro_ids(original_size, crop_top_left, target_size):
+    return [*original_size, *crop_top_left, *target_size]  # height (top) before width (left)
+
+# ----------------------------------------------------------------------------- 08 the refiner
+
+handoff_steps = 32  # of 40: the steps with t >= 200
+refiner_img2img_steps = 15  # int(50 x 0.3)
+
+# ----------------------------------------------------------------------------- 09 img2img
+
+similarity_trend = "fall"
+img2img_steps = 12  # int(20 x 0.6)
+
+# ----------------------------------------------------------------------------- 10 the VAE
+
+
+def scaling_factor(latents):
+    return 1 / latents.std()
+
+
+fp16_limit = 65504
+
+# ----------------------------------------------------------------------------- 11 samplers
+
+stochastic_samplers = {"euler_ancestral", "ddpm"}
+
+__all__ = [name for name in dir() if not name.startswith("_") and name != "torch"]
