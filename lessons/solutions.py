@@ -4,8 +4,6 @@ Each solution is what you would type into the exercise cell; `tests/test_lessons
 checker on it. Try the exercise before reading on.
 """
 
-import torch
-
 # ----------------------------------------------------------------------------- 01 the pipeline tour
 
 # Each of the 20 steps runs the UNet once on a batch of two: [unconditional, conditional].
@@ -102,4 +100,4 @@ fp16_limit = 65504
 
 stochastic_samplers = {"euler_ancestral", "ddpm"}
 
-__all__ = [name for name in dir() if not name.startswith("_") and name != "torch"]
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -363,6 +363,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--weights", default=str(WEIGHTS), help="where `export` writes the shipped files")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything: a smoke test")
+    parser.add_argument("--steps", default="", help="override step counts, e.g. base=6000,evaluator=2500 (a stage "
+                                                    "resumes from its checkpoint and trains on to the new count)")
     parser.add_argument("--continue-from-shipped", action="store_true",
                         help="start the UNets and text encoders from the shipped weights and take their "
                              "autoencoder as it is (a session's training does not outlive the session)")
@@ -371,6 +373,11 @@ def main(argv=None) -> None:
         global SAMPLES_PER_BUCKET
         SAMPLES_PER_BUCKET = 300
         STEPS.update({k: 3 for k in STEPS})
+    for item in filter(None, args.steps.split(",")):
+        stage, count = item.split("=")
+        if stage not in STEPS:
+            parser.error(f"--steps: no stage {stage!r}; the stages with steps are {', '.join(STEPS)}")
+        STEPS[stage] = int(count)
     if args.threads:
         torch.set_num_threads(args.threads)
     run, schedule = Run(Path(args.out), args.seed), NoiseSchedule.from_config(NANO_SCHEDULER)
