@@ -62,6 +62,35 @@ def object_mask(images) -> np.ndarray:
     return (a.max(-1) - a.min(-1)) > 80
 
 
+def touches_frame(masks: np.ndarray, sides: str = "top left bottom right") -> np.ndarray:
+    """Per mask (B, H, W): does the object reach one of the named edges of the picture?
+
+    >>> m = np.zeros((2, 8, 8), bool); m[0, 0, 3] = True; m[1, 4, 7] = True
+    >>> touches_frame(m).tolist(), touches_frame(m, "top left").tolist()
+    ([True, True], [True, False])
+    """
+    edges = {"top": masks[:, 0, :], "bottom": masks[:, -1, :], "left": masks[:, :, 0], "right": masks[:, :, -1]}
+    return np.any([edges[side].any(-1) for side in sides.split()], axis=0)
+
+
+def present(masks: np.ndarray, min_pixels: int = 20) -> np.ndarray:
+    """Per mask: is there an object at all (more than a few object pixels)?"""
+    return masks.sum((1, 2)) > min_pixels
+
+
+def peak_inside(heat: torch.Tensor, mask: np.ndarray) -> bool:
+    """The pointing game for one picture: does the heat map (h, w), upsampled to the mask's
+    size, peak on the object?
+
+    >>> heat = torch.zeros(4, 4); heat[0, 0] = 1
+    >>> mask = np.zeros((8, 8), bool); mask[:2, :2] = True
+    >>> peak_inside(heat, mask), peak_inside(heat, ~mask)
+    (True, False)
+    """
+    heat = torch.nn.functional.interpolate(heat[None, None].float(), size=mask.shape, mode="bilinear")[0, 0]
+    return bool(mask.flat[int(heat.argmax())])
+
+
 def saturation(images) -> float:
     a = np.stack([np.asarray(im, np.float32) / 255 for im in images])
     return float(((a.max(-1) - a.min(-1)) / (a.max(-1) + 1e-6)).mean())
@@ -137,11 +166,8 @@ def crop_conditioning(pipe, n: int, offset: int = 64) -> dict:
     cut = np.concatenate([
         object_mask(generate(pipe, prompts[:half], 2, original_size=(64, 64 + offset), crops_coords_top_left=(0, offset))),
         object_mask(generate(pipe, prompts[half:], 2, original_size=(64 + offset, 64), crops_coords_top_left=(offset, 0)))])
-    touches_top_left = lambda m: m[:, 0, :].any(-1) | m[:, :, 0].any(-1)  # noqa: E731
-    touches_any = lambda m: touches_top_left(m) | m[:, -1, :].any(-1) | m[:, :, -1].any(-1)  # noqa: E731
-    present = lambda m: m.sum((1, 2)) > 20  # noqa: E731
-    return {"whole_at_0_0": float(np.mean(present(whole) & ~touches_any(whole))),
-            f"cut_top_or_left_at_{offset}": float(np.mean(present(cut) & touches_top_left(cut)))}
+    return {"whole_at_0_0": float(np.mean(present(whole) & ~touches_frame(whole))),
+            f"cut_top_or_left_at_{offset}": float(np.mean(present(cut) & touches_frame(cut, "top left")))}
 
 
 def refiner_effect(pipe, refiner, evaluator, n: int) -> dict:
@@ -162,14 +188,9 @@ def pointing_game(pipe, n: int) -> dict:
     with pipe.capture_attention() as attn:
         images = generate(pipe, prompts, 4)
     masks = object_mask(images)
-
-    def hit(heat, i) -> bool:
-        heat = torch.nn.functional.interpolate(heat[None, None].float(), size=masks.shape[1:], mode="bilinear")[0, 0]
-        return bool(masks[i].flat[int(heat.argmax())])
-
     words = [p.split()[-1] for p in prompts]
-    daam = np.mean([hit(attn.cross_attention_map(w, i), i) for i, w in enumerate(words)])
-    layers = {name: float(np.mean([hit(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), i)
+    daam = np.mean([peak_inside(attn.cross_attention_map(w, i), masks[i]) for i, w in enumerate(words)])
+    layers = {name: float(np.mean([peak_inside(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), masks[i])
                                    for i, w in enumerate(words)])) for name, maps in attn.layer_maps.items()}
     best = max(layers, key=layers.get)
     return {"shape_word_peak_on_object": float(daam), "best_layer": best, "best_layer_peak_on_object": layers[best]}
