@@ -11,8 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+from sdxl_edu.figures import execute, lesson_notebooks
 
 BUDGET_EACH_S, BUDGET_ALL_S = 90, 600
 
@@ -22,10 +21,9 @@ def main() -> None:
     parser.add_argument("--lessons", default=str(Path(__file__).resolve().parent.parent / "lessons"))
     args = parser.parse_args()
     total = 0.0
-    for path in sorted(Path(args.lessons).glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+    for path in lesson_notebooks(Path(args.lessons)):
         start = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        execute(path)
         seconds = time.perf_counter() - start
         total += seconds
         print(f"{path.stem:<45} {seconds:6.1f} s   {seconds / BUDGET_EACH_S:5.2f} of the {BUDGET_EACH_S} s budget")

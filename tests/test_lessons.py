@@ -10,28 +10,26 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from nbclient import NotebookClient
 
 from sdxl_edu import exercises as ex
 from sdxl_edu import lesson
 from sdxl_edu.config import SDXL_BASE
+from sdxl_edu.figures import execute, lesson_notebooks
 from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 from sdxl_edu.toy import save_toy_checkpoint
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
-NOTEBOOKS = sorted(LESSONS.glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = lesson_notebooks(LESSONS)
 
 
 def run_notebook(path: Path, env: dict | None = None) -> nbformat.NotebookNode:
-    nb = nbformat.read(path, as_version=4)
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:  # the kernel inherits this process's environment
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(LESSONS)}}).execute()
+        return execute(path)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return nb
 
 
 def outputs(nb) -> str:
