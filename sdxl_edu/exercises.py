@@ -43,7 +43,12 @@ def _close(a, b, tol: float = 1e-4) -> bool:
 
 def unet_rows(answer, pipe=None, steps: int = 20) -> Verdict:
     """How many pictures' worth of UNet evaluations (batch rows) does one guided picture cost
-    in `steps` steps? Counted with a forward hook when a pipeline is given."""
+    in `steps` steps? Counted with a forward hook when a pipeline is given.
+
+    >>> from sdxl_edu import load_pipeline
+    >>> unet_rows(40, load_pipeline()).ok  # 20 steps, two branches each
+    True
+    """
     if answer is None:
         return NOT_YET
     truth = 2 * steps
@@ -64,7 +69,11 @@ def unet_rows(answer, pipe=None, steps: int = 20) -> Verdict:
 
 
 def latent_shape_rule(fn) -> Verdict:
-    """`fn(height, width) -> (channels, h, w)` of SDXL's latents."""
+    """`fn(height, width) -> (channels, h, w)` of SDXL's latents.
+
+    >>> latent_shape_rule(lambda h, w: (4, h // 8, w // 8)).ok
+    True
+    """
     from .config import SDXL_VAE
 
     if fn is None:
@@ -81,7 +90,11 @@ def latent_shape_rule(fn) -> Verdict:
 
 
 def refiner_context_width(answer) -> Verdict:
-    """The width of the refiner's text context (SDXL refiner 1.0)."""
+    """The width of the refiner's text context (SDXL refiner 1.0).
+
+    >>> refiner_context_width(2048)
+    ✗ Not quite: 2048 is the base's (768 + 1280); the refiner has no CLIP ViT-L.
+    """
     from .config import SDXL_BASE, SDXL_REFINER
 
     if answer is None:
@@ -96,7 +109,12 @@ def refiner_context_width(answer) -> Verdict:
 # ----------------------------------------------------------------------------- 02 diffusion
 
 def q_sample_rule(fn, schedule) -> Verdict:
-    """`fn(x0, t, noise, alphas_cumprod) -> x_t` must equal the forward process."""
+    """`fn(x0, t, noise, alphas_cumprod) -> x_t` must equal the forward process.
+
+    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> q_sample_rule(lambda x0, t, eps, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps, NoiseSchedule()).ok
+    True
+    """
     if fn is None:
         return NOT_YET
     g = torch.Generator().manual_seed(0)
@@ -111,7 +129,12 @@ def q_sample_rule(fn, schedule) -> Verdict:
 
 
 def sigma_rule(fn, schedule) -> Verdict:
-    """`fn(alpha_bar) -> sigma`, the noise level of the variance-exploding view."""
+    """`fn(alpha_bar) -> sigma`, the noise level of the variance-exploding view.
+
+    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> sigma_rule(lambda ab: ((1 - ab) / ab).sqrt(), NoiseSchedule()).ok
+    True
+    """
     if fn is None:
         return NOT_YET
     ab = schedule.alphas_cumprod[[1, 500, 998]]
@@ -123,7 +146,12 @@ def sigma_rule(fn, schedule) -> Verdict:
 
 
 def terminal_signal(answer, schedule) -> Verdict:
-    """The fraction of x0 left in x_999 (sqrt(alpha_bar) at the last timestep), to 2 digits."""
+    """The fraction of x0 left in x_999 (sqrt(alpha_bar) at the last timestep), to 2 digits.
+
+    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> terminal_signal(0.07, NoiseSchedule()).ok  # SDXL's schedule
+    True
+    """
     if answer is None:
         return NOT_YET
     truth = float(schedule.alphas_cumprod[-1].sqrt())
@@ -153,7 +181,11 @@ def classifier_free_guidance_rule(fn) -> Verdict:
 
 
 def guidance_cost(answer, measured_ratio: float) -> Verdict:
-    """Predict: CFG's time per step over one UNet pass ("about 1", "about 2", "about 4")."""
+    """Predict: CFG's time per step over one UNet pass ("about 1", "about 2", "about 4").
+
+    >>> guidance_cost(2, measured_ratio=1.8).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     truth = min((1, 2, 4), key=lambda r: abs(r - measured_ratio))
@@ -165,7 +197,11 @@ def guidance_cost(answer, measured_ratio: float) -> Verdict:
 # ----------------------------------------------------------------------------- 04 negative prompts
 
 def negative_formula(answer) -> Verdict:
-    """Which prediction does a negative prompt replace: 'conditional' or 'unconditional'?"""
+    """Which prediction does a negative prompt replace: 'conditional' or 'unconditional'?
+
+    >>> negative_formula("unconditional").ok
+    True
+    """
     if answer is None:
         return NOT_YET
     if str(answer).lower().startswith("uncond"):
@@ -176,7 +212,12 @@ def negative_formula(answer) -> Verdict:
 
 
 def zeros_vs_empty(answer, pipe) -> Verdict:
-    """Is the embedding of the empty prompt "" all zeros? (True / False), checked on `pipe`."""
+    """Is the embedding of the empty prompt "" all zeros? (True / False), checked on `pipe`.
+
+    >>> from sdxl_edu import load_pipeline
+    >>> zeros_vs_empty(False, load_pipeline()).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     text = pipe.encode_prompt("a circle", negative_prompt="", force_zeros=False)
@@ -190,7 +231,11 @@ def zeros_vs_empty(answer, pipe) -> Verdict:
 # ----------------------------------------------------------------------------- 05 CLIP skip
 
 def clip_skip_index(fn) -> Verdict:
-    """`fn(clip_skip) -> index into hidden_states` that SDXL reads (None: SDXL's default)."""
+    """`fn(clip_skip) -> index into hidden_states` that SDXL reads (None: SDXL's default).
+
+    >>> clip_skip_index(lambda k: -1).ok  # the last layer is not what SDXL reads
+    False
+    """
     from .text import clip_skip_layer
 
     if fn is None:
@@ -205,7 +250,12 @@ def clip_skip_index(fn) -> Verdict:
 
 
 def hidden_state_count(answer, pipe) -> Verdict:
-    """How many hidden states does the second text encoder return (embeddings included)?"""
+    """How many hidden states does the second text encoder return (embeddings included)?
+
+    >>> from sdxl_edu import load_pipeline
+    >>> hidden_state_count(5, load_pipeline()).ok  # nano's bigG-like encoder: 4 layers
+    True
+    """
     if answer is None:
         return NOT_YET
     n = pipe.text_encoder_2.config.num_hidden_layers + 1
@@ -217,7 +267,12 @@ def hidden_state_count(answer, pipe) -> Verdict:
 # ----------------------------------------------------------------------------- 06 attention
 
 def transformer_blocks(answer, config) -> Verdict:
-    """How many BasicTransformerBlocks does a UNet with this config hold?"""
+    """How many BasicTransformerBlocks does a UNet with this config hold?
+
+    >>> from sdxl_edu.config import SDXL_BASE
+    >>> transformer_blocks(70, SDXL_BASE).ok
+    True
+    """
     from .unet import BasicTransformerBlock, UNet
 
     if answer is None:
@@ -231,7 +286,11 @@ def transformer_blocks(answer, config) -> Verdict:
 
 
 def attention_scores_size(fn) -> Verdict:
-    """`fn(h, w, tokens) -> (self_attention_entries, cross_attention_entries)` per head."""
+    """`fn(h, w, tokens) -> (self_attention_entries, cross_attention_entries)` per head.
+
+    >>> attention_scores_size(lambda h, w, n: ((h * w) ** 2, h * w * n)).ok
+    True
+    """
     if fn is None:
         return NOT_YET
     for h, w, tokens in ((32, 32, 77), (64, 64, 77), (8, 16, 77)):
@@ -246,7 +305,12 @@ def attention_scores_size(fn) -> Verdict:
 # ----------------------------------------------------------------------------- 07 size and crop
 
 def y_width(answer, config) -> Verdict:
-    """The width of y for a base UNet: pooled + 6 scalars x 256 Fourier features."""
+    """The width of y for a base UNet: pooled + 6 scalars x 256 Fourier features.
+
+    >>> from sdxl_edu.config import SDXL_REFINER
+    >>> y_width(2560, SDXL_REFINER).ok  # the refiner: pooled + 5 x 256
+    True
+    """
     if answer is None:
         return NOT_YET
     if answer == config.adm_in_channels:
@@ -257,7 +321,11 @@ def y_width(answer, config) -> Verdict:
 
 def micro_ids_rule(fn) -> Verdict:
     """`fn(original_size, crop_top_left, target_size) -> six numbers` in the order SDXL's UNet
-    reads them (each argument is (height, width) or (top, left))."""
+    reads them (each argument is (height, width) or (top, left)).
+
+    >>> micro_ids_rule(lambda o, c, t: [*o, *c, *t]).ok
+    True
+    """
     from .conditioning import micro_conditioning_ids
 
     if fn is None:
@@ -275,7 +343,12 @@ def micro_ids_rule(fn) -> Verdict:
 # ----------------------------------------------------------------------------- 08 refiner
 
 def handoff_steps(answer, pipe, steps: int = 40, denoising_end: float = 0.8) -> Verdict:
-    """How many of `steps` steps does the base run before handing off at `denoising_end`?"""
+    """How many of `steps` steps does the base run before handing off at `denoising_end`?
+
+    >>> from sdxl_edu import load_pipeline
+    >>> handoff_steps(32, load_pipeline(), steps=40).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     n = len(pipe._plan("euler", steps, False, False, 1.0, None, denoising_end))
@@ -287,7 +360,11 @@ def handoff_steps(answer, pipe, steps: int = 40, denoising_end: float = 0.8) -> 
 
 
 def img2img_steps(answer, strength: float = 0.3, steps: int = 50) -> Verdict:
-    """How many steps does img2img run with this strength and step count?"""
+    """How many steps does img2img run with this strength and step count?
+
+    >>> img2img_steps(15, strength=0.3, steps=50).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     n = min(int(steps * strength), steps)
@@ -299,7 +376,11 @@ def img2img_steps(answer, strength: float = 0.3, steps: int = 50) -> Verdict:
 # ----------------------------------------------------------------------------- 09 img2img
 
 def similarity_trend(answer, similarities: dict) -> Verdict:
-    """Predict: as strength grows, does similarity to the input 'rise' or 'fall'?"""
+    """Predict: as strength grows, does similarity to the input 'rise' or 'fall'?
+
+    >>> similarity_trend("fall", {0.2: 0.95, 1.0: 0.85}).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     values = [similarities[k] for k in sorted(similarities)]
@@ -312,7 +393,13 @@ def similarity_trend(answer, similarities: dict) -> Verdict:
 # ----------------------------------------------------------------------------- 10 VAE
 
 def scaling_factor_rule(fn, vae, images) -> Verdict:
-    """`fn(latents) -> scaling factor` (SDXL's recipe: unit variance)."""
+    """`fn(latents) -> scaling factor` (SDXL's recipe: unit variance).
+
+    >>> import torch
+    >>> from sdxl_edu import load_pipeline
+    >>> scaling_factor_rule(lambda z: 1 / z.std(), load_pipeline().vae, torch.rand(2, 3, 64, 64) * 2 - 1).ok
+    True
+    """
     if fn is None:
         return NOT_YET
     with torch.no_grad():
@@ -325,7 +412,11 @@ def scaling_factor_rule(fn, vae, images) -> Verdict:
 
 
 def fp16_limit(answer) -> Verdict:
-    """The largest finite float16 number."""
+    """The largest finite float16 number.
+
+    >>> fp16_limit(65504).ok
+    True
+    """
     if answer is None:
         return NOT_YET
     truth = torch.finfo(torch.float16).max
@@ -337,7 +428,11 @@ def fp16_limit(answer) -> Verdict:
 # ----------------------------------------------------------------------------- 11 samplers
 
 def stochastic_samplers(answer) -> Verdict:
-    """Which samplers add fresh noise at each step? A set of names."""
+    """Which samplers add fresh noise at each step? A set of names.
+
+    >>> stochastic_samplers({"ddpm", "euler_ancestral"}).ok
+    True
+    """
     from .samplers import SAMPLERS
 
     if answer is None:

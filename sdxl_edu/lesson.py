@@ -47,6 +47,11 @@ def load(kind: str = "base", quiet: bool = False):
 
     On a GPU the released weights run in float16 (the pipeline decodes in float32, see
     `Pipeline.decode`); on a CPU everything runs in float32.
+
+    >>> pipe = load()  # nano SDXL, unless SDXL_EDU_MODEL says otherwise
+    Running ...
+    >>> pipe.kind
+    'base'
     """
     source = model_source(kind)
     cuda = torch.cuda.is_available()
@@ -65,7 +70,12 @@ def _is_nano_file(source) -> bool:
 
 
 def is_nano(pipe) -> bool:
-    """Is this pipeline nano SDXL (whose behaviour the lessons' thresholds are set for)?"""
+    """Is this pipeline nano SDXL (whose behaviour the lessons' thresholds are set for)?
+
+    >>> from sdxl_edu import load_pipeline
+    >>> is_nano(load_pipeline())
+    True
+    """
     return _is_nano_file(pipe.source)
 
 
@@ -97,7 +107,13 @@ def claim(statement: str, holds: bool, measured: str, pipe=None, always: bool = 
 def evaluator():
     """nano's evaluator as a function: PIL pictures (any size, resized to 64 px) -> the
     attributes it reads (`shape`, `colour`, `position`, `size` as words) and a degradation
-    estimate (0 = clean). It was trained on nano's shapes: on photographs it reads nonsense."""
+    estimate (0 = clean). It was trained on nano's shapes: on photographs it reads nonsense.
+
+    >>> from PIL import Image
+    >>> seen = evaluator()([Image.new("RGB", (64, 64), "white")] * 2)
+    >>> sorted(seen), len(seen["shape"])
+    (['colour', 'degradation', 'position', 'shape', 'size'], 2)
+    """
     from PIL import Image
 
     from .nano.bench import load_evaluator, read
