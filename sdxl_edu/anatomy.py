@@ -9,6 +9,9 @@ come from their configs alone.
 2567463684
 >>> round(counts["spatial transformers"] / counts["total"], 2)  # most of SDXL's UNet is attention
 0.86
+>>> from sdxl_edu.config import SD15_UNET
+>>> unet_parameters(SD15_UNET)["total"]  # Stable Diffusion 1.5's UNet, for comparison
+859520964
 """
 
 import torch
@@ -64,7 +67,8 @@ def unet_flops(config: UNetConfig, height: int, width: int) -> dict[str, int]:
     with torch.device("meta"):
         unet = UNet(config)
         args = (torch.randn(1, config.in_channels, height, width), torch.tensor([500.0]),
-                torch.randn(1, 77, config.context_dim), torch.randn(1, config.adm_in_channels))
+                torch.randn(1, 77, config.context_dim),
+                torch.randn(1, config.adm_in_channels) if config.adm_in_channels else None)
         with FlopCounterMode(display=False) as counter:
             unet(*args)
     per_module = {name.removeprefix("UNet."): sum(ops.values()) for name, ops in counter.get_flop_counts().items()}

@@ -42,7 +42,7 @@ class UNetConfig:
     transformer_depth_middle: int = 10
     num_head_channels: int = 64  # SDXL fixes the head width; the head count follows
     context_dim: int = 2048  # width of the text tokens cross-attention reads
-    adm_in_channels: int = 2816  # width of the vector y (pooled text + micro-conditioning)
+    adm_in_channels: int = 2816  # width of the vector y (pooled text + micro-conditioning); 0: no y (SD 1.x)
     in_channels: int = 4
     out_channels: int = 4
     norm_groups: int = 32  # GroupNorm groups in every ResBlock and SpatialTransformer
@@ -101,6 +101,14 @@ SDXL_REFINER = UNetConfig(
 )
 
 SDXL_VAE = VAEConfig()
+
+# For comparison, Stable Diffusion 1.x (v1-inference.yaml of CompVis/stable-diffusion): four
+# levels of 320/640/1280/1280, one transformer block at each of the first three and in the
+# middle, context 768 (CLIP ViT-L alone), no vector conditioning. SD 1.x fixes 8 heads per
+# layer rather than SDXL's 64-wide heads; how a width is split into heads does not change
+# the parameter count. Its autoencoder has SDXL's architecture (scale 0.18215).
+SD15_UNET = UNetConfig(channel_mult=(1, 2, 4, 4), transformer_depth=(1, 1, 1, 0), transformer_depth_middle=1,
+                       num_head_channels=40, context_dim=768, adm_in_channels=0)
 
 
 # The two text encoders of SDXL base, as transformers' CLIPTextConfig arguments (the released

@@ -230,8 +230,11 @@ class UNet(nn.Module):
                                       cfg.context_dim, groups)
 
         self.time_embed = nn.Sequential(nn.Linear(C, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # SDXL's vector conditioning y (pooled text, sizes, crop or aesthetic score) joins the
+        # timestep embedding through this MLP; SD 1.x has no y and no label_emb.
         self.label_emb = nn.Sequential(nn.Sequential(
-            nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+            nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))) \
+            if cfg.adm_in_channels else None
 
         # Encoder: conv_in, then per level num_res_blocks x [ResBlock, (SpatialTransformer)],
         # then a Downsample except at the last level. skip_channels records what each block
@@ -270,11 +273,16 @@ class UNet(nn.Module):
                                  zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                y: torch.Tensor) -> torch.Tensor:
+                y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise eps in x_t. `t` is a number or one per batch element."""
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         t_emb = timestep_embedding(t, self.config.model_channels).to(x.dtype)
-        emb = self.time_embed(t_emb) + self.label_emb(y.to(x.dtype))
+        emb = self.time_embed(t_emb)
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError(f"this UNet is conditioned on a vector y of {self.config.adm_in_channels} numbers "
+                                 "(pooled text embedding and micro-conditioning): pass y")
+            emb = emb + self.label_emb(y.to(x.dtype))
 
         skips, h = [], x
         for block in self.input_blocks:

@@ -71,3 +71,24 @@ def test_parameter_counts_match_the_release():
     base, refiner = released_sized_parts("base")[0], released_sized_parts("refiner")[0]
     assert sum(p.numel() for p in base.parameters()) == 2_567_463_684
     assert sum(p.numel() for p in refiner.parameters()) == 2_259_526_660
+
+
+def test_sd15_unet_counts_as_diffusers_builds_it():
+    """The same classes give SD 1.5's UNet from its numbers: no vector y, no label_emb."""
+    from diffusers import UNet2DConditionModel
+
+    from sdxl_edu.config import SD15_UNET
+
+    with torch.device("meta"):
+        ours = UNet(SD15_UNET)
+        theirs = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's unet/config.json
+        out = ours(torch.randn(1, 4, 8, 8), 500, torch.randn(1, 77, 768))
+    assert ours.label_emb is None and out.shape == (1, 4, 8, 8)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) == 859_520_964
+
+
+def test_sdxl_unet_asks_for_y():
+    with torch.device("meta"):
+        unet = UNet(SDXL_BASE)
+        with pytest.raises(ValueError, match="pass y"):
+            unet(torch.randn(1, 4, 8, 8), 500, torch.randn(1, 77, 2048))
