@@ -98,6 +98,15 @@ class Pipeline:
         return self.conditioner.encode_prompt(prompts, negative_prompt, clip_skip,
                                               do_classifier_free_guidance, force_zeros)
 
+    @staticmethod
+    def _check_prompt_embeds(text: PromptEmbeddings, n_prompts: int, do_cfg: bool) -> None:
+        if text.context.shape[0] != n_prompts:
+            raise ValueError(f"prompt_embeds holds {text.context.shape[0]} prompts but {n_prompts} were given: "
+                             "pass the prompts they were encoded from")
+        if do_cfg and text.negative_context is None:
+            raise ValueError("guidance needs the unconditional branch: encode with do_classifier_free_guidance=True, "
+                             "or pass guidance_scale=1")
+
     def check_image_size(self, height: int, width: int) -> None:
         """Images must be a whole number of latent pixels: height and width divisible by 8."""
         f = self.vae_scale_factor
@@ -153,7 +162,8 @@ class Pipeline:
                  guidance_rescale: float = 0.0, clip_skip: int | None = None, force_zeros: bool | None = None,
                  eta: float = 0.0, use_karras_sigmas: bool = False, classifier=None, class_labels=None,
                  classifier_scale: float = 1.0, num_images_per_prompt: int = 1, output_type: str = "pil",
-                 callback=None, record: bool = False, progress: bool = True) -> GenerationOutput:
+                 prompt_embeds: PromptEmbeddings | None = None, callback=None, record: bool = False,
+                 progress: bool = True) -> GenerationOutput:
         """Generate (or, with `image=`, transform) images; see the module docstring.
 
         Classifier-free guidance runs whenever guidance_scale != 1 (diffusers skips it for
@@ -162,6 +172,9 @@ class Pipeline:
         refiner, where it defaults to (0, 0) as in diffusers. (diffusers' base pipeline
         switches its negative crop to (0, 0) once negative sizes are given: pass
         negative_crops_coords_top_left to reproduce that.)
+
+        `prompt_embeds` (from `encode_prompt`, possibly edited) replaces the text encoders'
+        output; `prompt` then only names the tokens, for attention capture.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts) * num_images_per_prompt
@@ -178,7 +191,11 @@ class Pipeline:
         self.check_image_size(height, width)
 
         do_cfg = guidance_scale != 1.0
-        text = self.encode_prompt(prompts, negative_prompt, clip_skip, do_cfg, force_zeros)
+        if prompt_embeds is None:
+            text = self.encode_prompt(prompts, negative_prompt, clip_skip, do_cfg, force_zeros)
+        else:
+            self._check_prompt_embeds(prompt_embeds, len(prompts), do_cfg)
+            text = prompt_embeds
         sizes = dict(original_size=original_size or (height, width), crops=crops_coords_top_left,
                      target_size=target_size or (height, width))
         negative_sizes = dict(original_size=negative_original_size or sizes["original_size"],

@@ -112,6 +112,17 @@ def test_attention_capture(pipe):
     assert all(m.probe is None for m in attn.modules.values())  # probes removed on exit
 
 
+def test_prompt_embeds_stand_in_for_the_text_encoders(pipe):
+    text = pipe.encode_prompt("a red circle")
+    assert torch.equal(run(pipe, prompt_embeds=text).latents, run(pipe).latents)
+    other = pipe.encode_prompt("a blue square")
+    assert not torch.equal(run(pipe, prompt_embeds=text._replace(pooled=other.pooled)).latents, run(pipe).latents)
+    with pytest.raises(ValueError, match="holds 1 prompts but 2 were given"):
+        run(pipe, ["a", "b"], prompt_embeds=text)
+    with pytest.raises(ValueError, match="do_classifier_free_guidance=True"):
+        run(pipe, prompt_embeds=pipe.encode_prompt("a red circle", do_classifier_free_guidance=False))
+
+
 def test_errors(pipe, refiner):
     with pytest.raises(ValueError, match="divisible by 4"):
         run(pipe, height=66)

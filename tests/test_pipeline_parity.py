@@ -77,6 +77,20 @@ def test_text_to_image(models, prompt, negative, sizes):
     close(mine.latents, theirs)
 
 
+def test_prompt_embeds_with_another_prompts_pooled_vector(models):
+    """Edited embeddings go in as diffusers' prompt_embeds and pooled_prompt_embeds do."""
+    ours, components = models["base"]
+    text, other = ours.encode_prompt("a red circle"), ours.encode_prompt("a blue square")
+    mixed = text._replace(pooled=other.pooled)
+    mine = ours("a red circle", prompt_embeds=mixed, num_inference_steps=8, seed=3, output_type="latent",
+                progress=False, **SIZE)
+    theirs = diffusers_pipe(components, force_zeros_for_empty_prompt=True)(
+        prompt_embeds=mixed.context, negative_prompt_embeds=mixed.negative_context,
+        pooled_prompt_embeds=mixed.pooled, negative_pooled_prompt_embeds=mixed.negative_pooled,
+        num_inference_steps=8, generator=torch.Generator().manual_seed(3), output_type="latent", **SIZE).images
+    close(mine.latents, theirs)
+
+
 def test_a_batch_is_its_prompts_run_one_by_one(models):
     ours, _ = models["base"]
     prompts, negatives = ["a red circle", "a green triangle"], ["blurry", "a small cat"]
