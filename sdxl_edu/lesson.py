@@ -130,6 +130,18 @@ def evaluator():
     return judge
 
 
+def follows(seen: dict, wanted: list[tuple[str, str]]) -> float:
+    """The fraction of pictures that the evaluator (`seen`, from `evaluator()`) reads as the
+    (shape, colour) wanted for each: the lessons' prompt fidelity.
+
+    >>> seen = {"shape": ["circle", "square"], "colour": ["red", "red"]}
+    >>> follows(seen, [("circle", "red"), ("circle", "red")])
+    0.5
+    """
+    return float(np.mean([s == ws and c == wc
+                          for s, c, (ws, wc) in zip(seen["shape"], seen["colour"], wanted, strict=True)]))
+
+
 def fraction(values, target) -> float:
     """The fraction of `values` equal to `target`.
 
