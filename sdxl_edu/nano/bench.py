@@ -13,9 +13,13 @@ on freshly rendered pictures is measured first: the other numbers are only as go
   left edge at a large offset (a photograph twice the bucket's width or height, cropped at
   its far end: the data's subjects sit near the middle of the photograph);
 - refiner: the evaluator's degradation estimate on base outputs, and after the refiner as
-  img2img (strength 0.2: the last 4 of 20 steps, t < 200) at aesthetic score 6.0 and 2.5;
+  img2img (strength 0.2: the last 4 of 20 steps, t < 200) at aesthetic score 6.0 and 2.5,
+  for base pictures at the bucket's original size and at a blurry original size of 16;
 - attention: does the shape word's cross-attention map peak on the object (pointing game);
 - time: one 64 x 64 picture, 20 steps with guidance, and a batch of 16.
+
+Fidelity, size, crop, refiner and attention are each measured over `--seeds` seeds of the
+15 shape x colour prompts (60 pictures per condition at the default 4).
 """
 
 import argparse
@@ -149,51 +153,75 @@ def negative_prompt(pipe, evaluator, n: int) -> dict:
     return {"red_without": float(np.mean(plain == red)), "red_with_negative_red": float(np.mean(negated == red))}
 
 
-def size_conditioning(pipe, n: int) -> dict:
-    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
-    sharp = generate(pipe, prompts, 1, original_size=(64, 64))
-    blurry = generate(pipe, prompts, 1, original_size=(16, 16))
-    e_sharp, e_blurry = high_frequency_energy(sharp), high_frequency_energy(blurry)
-    return {"hf_energy_64": e_sharp, "hf_energy_16": e_blurry, "ratio": e_sharp / e_blurry}
+SHAPE_COLOUR_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLOURS]
 
 
-def crop_conditioning(pipe, n: int, offset: int = 64) -> dict:
+def size_conditioning(pipe, seeds: int) -> dict:
+    """High-frequency energy with original_size the bucket's (64) and a quarter of it (16)."""
+    energy = {}
+    for size in (64, 16):
+        images = [im for seed in range(seeds)
+                  for im in generate(pipe, SHAPE_COLOUR_PROMPTS, 100 + seed, original_size=(size, size))]
+        energy[size] = high_frequency_energy(images)
+    return {"hf_energy_64": energy[64], "hf_energy_16": energy[16], "ratio": energy[64] / energy[16],
+            "images": 2 * seeds * len(SHAPE_COLOUR_PROMPTS)}
+
+
+def crop_conditioning(pipe, seeds: int, offset: int = 64) -> dict:
     """Whole objects at crop (0, 0); at a large offset, as for a photograph twice the bucket's
     width (height) cropped at its far end, objects cut by the left (top) edge."""
-    prompts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS][:n]
+    prompts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS]
     half = len(prompts) // 2
-    whole = object_mask(generate(pipe, prompts, 2))
-    cut = np.concatenate([
-        object_mask(generate(pipe, prompts[:half], 2, original_size=(64, 64 + offset), crops_coords_top_left=(0, offset))),
-        object_mask(generate(pipe, prompts[half:], 2, original_size=(64 + offset, 64), crops_coords_top_left=(offset, 0)))])
+    whole, cut = [], []
+    for seed in range(200, 200 + seeds):
+        whole += generate(pipe, prompts, seed)
+        cut += generate(pipe, prompts[:half], seed, original_size=(64, 64 + offset), crops_coords_top_left=(0, offset))
+        cut += generate(pipe, prompts[half:], seed, original_size=(64 + offset, 64), crops_coords_top_left=(offset, 0))
+    whole, cut = object_mask(whole), object_mask(cut)
     return {"whole_at_0_0": float(np.mean(present(whole) & ~touches_frame(whole))),
-            f"cut_top_or_left_at_{offset}": float(np.mean(present(cut) & touches_frame(cut, "top left")))}
+            f"cut_top_or_left_at_{offset}": float(np.mean(present(cut) & touches_frame(cut, "top left"))),
+            "images": len(whole) + len(cut)}
 
 
-def refiner_effect(pipe, refiner, evaluator, n: int) -> dict:
-    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
-    base = generate(pipe, prompts, 3)
-    degradation = lambda images: float(read(evaluator, images)["degradation"].mean())  # noqa: E731
-    # strength 0.2 of 20 trailing steps re-runs t = 199 ... 49: the noise levels nano's refiner knows
-    refined = {score: generate(refiner, prompts, 3, image=base, strength=0.2, aesthetic_score=score)
-               for score in (6.0, 2.5)}
-    return {"degradation_base": degradation(base), "degradation_refined_6.0": degradation(refined[6.0]),
-            "degradation_refined_2.5": degradation(refined[2.5])}
+def refiner_effect(pipe, refiner, evaluator, seeds: int) -> dict:
+    """The evaluator's degradation estimate (0 clean .. 1) on base pictures and after the
+    refiner at aesthetic score 6.0 and 2.5; for base pictures made at the bucket's original
+    size (already clean to the evaluator) and at original size 16 (blurry: something to clean)."""
+    results = {}
+    for size in (64, 16):
+        base = {seed: generate(pipe, SHAPE_COLOUR_PROMPTS, seed, original_size=(size, size))
+                for seed in range(300, 300 + seeds)}
+        refined = {score: [im for seed, images in base.items() for im in generate(
+            # strength 0.2 of 20 trailing steps re-runs t = 199 ... 49: the noise levels nano's refiner knows
+            refiner, SHAPE_COLOUR_PROMPTS, seed, image=images, strength=0.2, aesthetic_score=score)]
+            for score in (6.0, 2.5)}
+        results[f"degradation_base_{size}"] = degradation(evaluator, [im for ims in base.values() for im in ims])
+        for score, images in refined.items():
+            results[f"degradation_refined_{size}_at_{score:g}"] = degradation(evaluator, images)
+    return results
 
 
-def pointing_game(pipe, n: int) -> dict:
+def degradation(evaluator, images) -> float:
+    """The evaluator's mean degradation estimate: 0 for a clean picture, up to 1."""
+    return float(read(evaluator, images)["degradation"].mean())
+
+
+def pointing_game(pipe, seeds: int) -> dict:
     """Does the shape word's map peak on the object? For DAAM's map (all layers, heads and
     steps) and for each cross-attention layer on its own (layers specialise, lesson 6)."""
-    prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS][:n]
-    with pipe.capture_attention() as attn:
-        images = generate(pipe, prompts, 4)
-    masks = object_mask(images)
-    words = [p.split()[-1] for p in prompts]
-    daam = np.mean([peak_inside(attn.cross_attention_map(w, i), masks[i]) for i, w in enumerate(words)])
-    layers = {name: float(np.mean([peak_inside(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), masks[i])
-                                   for i, w in enumerate(words)])) for name, maps in attn.layer_maps.items()}
+    words = [p.split()[-1] for p in SHAPE_COLOUR_PROMPTS]
+    daam, layers = [], {}
+    for seed in range(400, 400 + seeds):
+        with pipe.capture_attention() as attn:
+            masks = object_mask(generate(pipe, SHAPE_COLOUR_PROMPTS, seed))
+        daam += [peak_inside(attn.cross_attention_map(w, i), masks[i]) for i, w in enumerate(words)]
+        for name, maps in attn.layer_maps.items():
+            layers.setdefault(name, []).extend(
+                peak_inside(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), masks[i]) for i, w in enumerate(words))
+    layers = {name: float(np.mean(hits)) for name, hits in layers.items()}
     best = max(layers, key=layers.get)
-    return {"shape_word_peak_on_object": float(daam), "best_layer": best, "best_layer_peak_on_object": layers[best]}
+    return {"shape_word_peak_on_object": float(np.mean(daam)), "best_layer": best,
+            "best_layer_peak_on_object": layers[best], "images": len(daam)}
 
 
 def timing(pipe) -> dict:
@@ -219,10 +247,10 @@ def main(argv=None) -> dict:
     for scale in (1.0, 5.0, 12.0):
         results[f"fidelity_guidance_{scale:g}"] = fidelity(pipe, evaluator, args.seeds, scale)
     results["negative_prompt"] = negative_prompt(pipe, evaluator, 24)
-    results["size_conditioning"] = size_conditioning(pipe, 15)
-    results["crop_conditioning"] = crop_conditioning(pipe, 15)
-    results["refiner"] = refiner_effect(pipe, refiner, evaluator, 15)
-    results["attention"] = pointing_game(pipe, 15)
+    results["size_conditioning"] = size_conditioning(pipe, args.seeds)
+    results["crop_conditioning"] = crop_conditioning(pipe, args.seeds)
+    results["refiner"] = refiner_effect(pipe, refiner, evaluator, args.seeds)
+    results["attention"] = pointing_game(pipe, args.seeds)
     for name, values in results.items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     if args.json:
