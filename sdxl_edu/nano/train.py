@@ -51,7 +51,7 @@ from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABU
     make_caption, make_sample
 
 STAGES = ("data", "vae", "latents", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 2000, "vae_pictures": 1500, "base": 8000, "refiner": 1500, "classifier": 900, "evaluator": 1800}
+STEPS = {"vae": 2000, "vae_pictures": 1500, "base": 12500, "refiner": 1900, "classifier": 900, "evaluator": 1800}
 SAMPLES_PER_BUCKET = 16000
 
 
