@@ -34,6 +34,8 @@ from . import BASE_FILE, CLASSIFIER_FILE, EVALUATOR_FILE, REFINER_FILE
 from .classifiers import Evaluator, NoisyClassifier
 from .data import ATTRIBUTES, COLOURS, PHRASES, POSITIONS, SHAPES
 
+SHAPE_COLOUR_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLOURS]  # "a red circle", ...
+
 
 def load_evaluator() -> Evaluator:
     model = Evaluator()
@@ -125,8 +127,8 @@ def evaluator_accuracy(evaluator, n: int = 600, seed: int = 10_000) -> dict:
 
 
 def fidelity(pipe, evaluator, seeds: int, guidance_scale: float) -> dict:
-    pairs = [(s, c) for s in SHAPES for c in COLOURS]
-    prompts = [f"a {c} {s}" for s, c in pairs]
+    pairs = [(s, c) for s in SHAPES for c in COLOURS]  # in the order of SHAPE_COLOUR_PROMPTS
+    prompts = SHAPE_COLOUR_PROMPTS
     hits, images_all = [], []
     for seed in range(seeds):
         images = generate(pipe, prompts, seed, guidance_scale=guidance_scale)
@@ -153,11 +155,14 @@ def negative_prompt(pipe, evaluator, n: int) -> dict:
     return {"red_without": float(np.mean(plain == red)), "red_with_negative_red": float(np.mean(negated == red))}
 
 
-SHAPE_COLOUR_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLOURS]
-
-
 def size_conditioning(pipe, seeds: int) -> dict:
-    """High-frequency energy with original_size the bucket's (64) and a quarter of it (16)."""
+    """High-frequency energy with original_size the bucket's (64) and a quarter of it (16).
+
+    >>> from sdxl_edu import load_pipeline
+    >>> result = size_conditioning(load_pipeline(), seeds=1)
+    >>> result["images"], result["ratio"] > 1  # a small original size: blurrier pictures
+    (30, True)
+    """
     energy = {}
     for size in (64, 16):
         images = [im for seed in range(seeds)
@@ -169,7 +174,13 @@ def size_conditioning(pipe, seeds: int) -> dict:
 
 def crop_conditioning(pipe, seeds: int, offset: int = 64) -> dict:
     """Whole objects at crop (0, 0); at a large offset, as for a photograph twice the bucket's
-    width (height) cropped at its far end, objects cut by the left (top) edge."""
+    width (height) cropped at its far end, objects cut by the left (top) edge.
+
+    >>> from sdxl_edu import load_pipeline
+    >>> result = crop_conditioning(load_pipeline(), seeds=1)
+    >>> result["images"], result["cut_top_or_left_at_64"] > 0.5  # told "cut from the far end": cut
+    (30, True)
+    """
     prompts = [f"a large {c} {s}" for s in SHAPES for c in COLOURS]
     half = len(prompts) // 2
     whole, cut = [], []
@@ -186,7 +197,17 @@ def crop_conditioning(pipe, seeds: int, offset: int = 64) -> dict:
 def refiner_effect(pipe, refiner, evaluator, seeds: int) -> dict:
     """The evaluator's degradation estimate (0 clean .. 1) on base pictures and after the
     refiner at aesthetic score 6.0 and 2.5; for base pictures made at the bucket's original
-    size (already clean to the evaluator) and at original size 16 (blurry: something to clean)."""
+    size (already clean to the evaluator) and at original size 16 (blurry: something to clean).
+
+    >>> from sdxl_edu import load_pipeline
+    >>> from sdxl_edu.nano import REFINER_FILE
+    >>> r = refiner_effect(load_pipeline(), load_pipeline(REFINER_FILE), load_evaluator(), seeds=1)
+    >>> r["degradation_refined_16_at_2.5"] > r["degradation_refined_16_at_6"]  # the score steers the refiner
+    True
+    """
+    def degradation(images) -> float:  # the evaluator's estimate: 0 for a clean picture, up to 1
+        return float(read(evaluator, images)["degradation"].mean())
+
     results = {}
     for size in (64, 16):
         base = {seed: generate(pipe, SHAPE_COLOUR_PROMPTS, seed, original_size=(size, size))
@@ -195,20 +216,21 @@ def refiner_effect(pipe, refiner, evaluator, seeds: int) -> dict:
             # strength 0.2 of 20 trailing steps re-runs t = 199 ... 49: the noise levels nano's refiner knows
             refiner, SHAPE_COLOUR_PROMPTS, seed, image=images, strength=0.2, aesthetic_score=score)]
             for score in (6.0, 2.5)}
-        results[f"degradation_base_{size}"] = degradation(evaluator, [im for ims in base.values() for im in ims])
+        results[f"degradation_base_{size}"] = degradation([im for ims in base.values() for im in ims])
         for score, images in refined.items():
-            results[f"degradation_refined_{size}_at_{score:g}"] = degradation(evaluator, images)
+            results[f"degradation_refined_{size}_at_{score:g}"] = degradation(images)
     return results
-
-
-def degradation(evaluator, images) -> float:
-    """The evaluator's mean degradation estimate: 0 for a clean picture, up to 1."""
-    return float(read(evaluator, images)["degradation"].mean())
 
 
 def pointing_game(pipe, seeds: int) -> dict:
     """Does the shape word's map peak on the object? For DAAM's map (all layers, heads and
-    steps) and for each cross-attention layer on its own (layers specialise, lesson 6)."""
+    steps) and for each cross-attention layer on its own (layers specialise, lesson 6).
+
+    >>> from sdxl_edu import load_pipeline
+    >>> result = pointing_game(load_pipeline(), seeds=1)
+    >>> result["images"], result["best_layer_peak_on_object"] > 0.5  # the object is a sixth of the picture
+    (15, True)
+    """
     words = [p.split()[-1] for p in SHAPE_COLOUR_PROMPTS]
     daam, layers = [], {}
     for seed in range(400, 400 + seeds):
