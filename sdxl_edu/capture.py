@@ -9,6 +9,11 @@ Attention") aggregates these pictures into one heat map per word:
     map(word) = sum over steps, mean over layers and heads of
                 upsample(probs[:, :, :, token positions of the word])
 
+Tang et al.'s code (castorini/daam, `daam/trace.py`) leaves out maps at an eighth of the
+latent's side: on SD 1.x that is the middle block, too coarse at 8 x 8. SDXL's UNet has no
+such level (its middle block works at a quarter, like the level above it), so every
+cross-attention layer is averaged here; lesson 6 also scores each layer on its own.
+
 We capture from our own `Attention` module: attaching a probe switches only that layer to
 the explicit path (the fused kernel never forms the probabilities) and leaves the numbers
 unchanged. To keep memory bounded, maps are summed over steps as they arrive: full SDXL
