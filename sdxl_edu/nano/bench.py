@@ -16,6 +16,7 @@ on freshly rendered pictures is measured first: the other numbers are only as go
   img2img (strength 0.2: the last 4 of 20 steps, t < 200) at aesthetic score 6.0 and 2.5,
   for base pictures at the bucket's original size and at a blurry original size of 16;
 - attention: does the shape word's cross-attention map peak on the object (pointing game);
+  the colour word's map alongside, for comparison;
 - time: one 64 x 64 picture, 20 steps with guidance, and a batch of 16.
 
 Fidelity, size, crop, refiner and attention are each measured over `--seeds` seeds of the
@@ -322,7 +323,8 @@ def refiner_effect(pipe, refiner, evaluator, seeds: int) -> dict:
 
 def pointing_game(pipe, seeds: int) -> dict:
     """Does the shape word's map peak on the object? For DAAM's map (all layers, heads and
-    steps) and for each cross-attention layer on its own (layers specialise, lesson 6).
+    steps) and for each cross-attention layer on its own (layers specialise, lesson 6); and,
+    for comparison, DAAM's map of the colour word, which nano's object pixels read most.
 
     >>> from sdxl_edu import load_pipeline
     >>> result = pointing_game(load_pipeline(), seeds=1)
@@ -330,18 +332,21 @@ def pointing_game(pipe, seeds: int) -> dict:
     (15, True)
     """
     words = [p.split()[-1] for p in SHAPE_COLOUR_PROMPTS]
-    daam, layers = [], {}
+    colours = [p.split()[-2] for p in SHAPE_COLOUR_PROMPTS]
+    daam, daam_colour, layers = [], [], {}
     for seed in range(400, 400 + seeds):
         with pipe.capture_attention() as attn:
             masks = object_mask(generate(pipe, SHAPE_COLOUR_PROMPTS, seed))
         daam += [peak_inside(attn.cross_attention_map(w, i), masks[i]) for i, w in enumerate(words)]
+        daam_colour += [peak_inside(attn.cross_attention_map(c, i), masks[i]) for i, c in enumerate(colours)]
         for name, maps in attn.layer_maps.items():
             layers.setdefault(name, []).extend(
                 peak_inside(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), masks[i]) for i, w in enumerate(words))
     layers = {name: float(np.mean(hits)) for name, hits in layers.items()}
     best = max(layers, key=layers.get)
     return {"shape_word_peak_on_object": float(np.mean(daam)), "best_layer": best,
-            "best_layer_peak_on_object": layers[best], "images": len(daam)}
+            "best_layer_peak_on_object": layers[best], "colour_word_peak_on_object": float(np.mean(daam_colour)),
+            "images": len(daam)}
 
 
 def timing(pipe) -> dict:
