@@ -89,12 +89,25 @@ def read(evaluator: Evaluator, images) -> dict[str, np.ndarray]:
     return {k: (v.argmax(-1) if v.ndim == 2 else v).numpy() for k, v in out.items()}
 
 
+def saturated_pixels(images) -> np.ndarray:
+    """Per picture (PIL or (H, W, 3) array, 0..255), its saturated pixels: the spread between
+    the largest and smallest channel above 80. nano's shapes are saturated colours; its light,
+    barely tinted backgrounds are not.
+
+    >>> from PIL import Image
+    >>> im = Image.new("RGB", (2, 1), (240, 235, 230)); im.putpixel((1, 0), (40, 80, 230))
+    >>> saturated_pixels([im]).tolist()  # background, blue
+    [[[False, True]]]
+    """
+    a = np.stack([np.asarray(im, np.float32) for im in images])
+    return (a.max(-1) - a.min(-1)) > 80
+
+
 def object_mask(images) -> np.ndarray:
-    """Object pixels: the largest connected blob of saturated pixels. The shapes are saturated
-    colours on light, barely tinted backgrounds; the blob test leaves out the few saturated
-    pixels nano's decoder sometimes puts in a corner (a cyan speck at the top right, in about
-    5% of its reconstructions of training pictures), which would otherwise read as an object
-    touching the frame.
+    """Object pixels: the largest connected blob of saturated pixels. The blob test leaves out
+    the few saturated pixels nano's decoder sometimes puts in a corner (a cyan speck at the top
+    right, in about 5% of its reconstructions of training pictures), which would otherwise read
+    as an object touching the frame.
 
     >>> from PIL import Image
     >>> im = Image.new("RGB", (8, 8), (240, 235, 230)); im.paste((40, 80, 230), (2, 2, 5, 4))
@@ -102,8 +115,7 @@ def object_mask(images) -> np.ndarray:
     >>> int(object_mask([im]).sum())  # the 3 x 2 blue rectangle: not the background, not the speck
     6
     """
-    a = np.stack([np.asarray(im, np.float32) for im in images])
-    return largest_blob((a.max(-1) - a.min(-1)) > 80)
+    return largest_blob(saturated_pixels(images))
 
 
 def largest_blob(masks: np.ndarray) -> np.ndarray:
@@ -339,9 +351,9 @@ def pointing_game(pipe, seeds: int) -> dict:
             masks = object_mask(generate(pipe, SHAPE_COLOUR_PROMPTS, seed))
         daam += [peak_inside(attn.cross_attention_map(w, i), masks[i]) for i, w in enumerate(words)]
         daam_colour += [peak_inside(attn.cross_attention_map(c, i), masks[i]) for i, c in enumerate(colours)]
-        for name, maps in attn.layer_maps.items():
+        for name in attn.layer_maps:
             layers.setdefault(name, []).extend(
-                peak_inside(maps[i, :, attn.token_positions(w, i)].sum(1).mean(0), masks[i]) for i, w in enumerate(words))
+                peak_inside(attn.head_maps(name, w, i).mean(0), masks[i]) for i, w in enumerate(words))
     layers = {name: float(np.mean(hits)) for name, hits in layers.items()}
     best = max(layers, key=layers.get)
     return {"shape_word_peak_on_object": float(np.mean(daam)), "best_layer": best,
