@@ -379,6 +379,16 @@ def timing(pipe) -> dict:
 
 
 def main(argv=None) -> dict:
+    """The command line: every measurement above, printed one line per group, and returned
+    (and written to `--json`) as a dict of dicts.
+
+    >>> import contextlib, io, json, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+    ...     results = main(["--seeds", "1", "--json", f"{folder}/m.json"])
+    ...     written = json.load(open(f"{folder}/m.json"))
+    >>> written == results, sorted(results)[:4]
+    (True, ['attention', 'crop_conditioning', 'evaluator_accuracy', 'fidelity_guidance_1'])
+    """
     from ..loading import load_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
