@@ -58,7 +58,15 @@ SAMPLES_PER_BUCKET = 16000
 # ----------------------------------------------------------------------------- plumbing
 
 class Run:
-    """The output folder, the log, and checkpoints of a training run."""
+    """The output folder, the log, and checkpoints of a training run.
+
+    >>> import tempfile
+    >>> run = Run(Path(tempfile.mkdtemp()) / "run", seed=0)
+    >>> run.done("data"), run.mark_done("data", pictures=3), run.done("data")
+    (False, None, True)
+    >>> run.log(stage="base", step=50, loss=0.5); (run.out / "log.jsonl").read_text().splitlines()
+    ['{"stage": "base", "step": 50, "loss": 0.5}']
+    """
 
     def __init__(self, out: Path, seed: int):
         self.out, self.seed = Path(out), seed
@@ -76,6 +84,16 @@ class Run:
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
+    """ema <- d * ema + (1 - d) * model, with d = min(decay, (1 + step) / (10 + step)): the
+    warm-up of d lets the average forget its random start quickly.
+
+    >>> ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    >>> _ = ema.weight.data.fill_(0.0), model.weight.data.fill_(1.0)
+    >>> ema_update(ema, model, step=0); round(ema.weight.item(), 3)  # d = 1/10
+    0.9
+    >>> ema_update(ema, model, step=10**6); round(ema.weight.item(), 4)  # d = 0.999
+    0.9001
+    """
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -83,10 +101,32 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
 
 
 def fit(run: Run, name: str, modules: dict[str, torch.nn.Module], loss_fn, steps: int, lr: float,
-        warmup: int = 200) -> dict[str, torch.nn.Module]:
-    """AdamW with warm-up and cosine decay, EMA copies, a checkpoint every 250 steps.
-    `loss_fn(rng)` draws its own batch from the numpy generator, whose state is saved too.
-    Returns the EMA modules."""
+        warmup: int = 200, every: int = 250) -> dict[str, torch.nn.Module]:
+    """AdamW with warm-up and cosine decay, EMA copies, a checkpoint every `every` steps.
+    `loss_fn(rng)` draws its own batch from the numpy generator, whose state is saved too, so
+    a run stopped and started again ends where an uninterrupted one does. Returns the EMA modules.
+
+    >>> import tempfile
+    >>> def train(run, stop_at=None):
+    ...     torch.manual_seed(0)
+    ...     model, calls = torch.nn.Linear(2, 1), []
+    ...     def loss_fn(rng):
+    ...         calls.append(1)
+    ...         if len(calls) == stop_at:
+    ...             raise KeyboardInterrupt("the session ended")
+    ...         x = torch.from_numpy(rng.standard_normal((8, 2))).float()
+    ...         return (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+    ...     return fit(run, "toy", {"m": model}, loss_fn, steps=20, lr=0.1, warmup=2, every=5)["m"]
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> at_once = train(Run(tmp / "a", 0))
+    >>> try:
+    ...     train(Run(tmp / "b", 0), stop_at=13)  # interrupted: the last checkpoint is step 10
+    ... except KeyboardInterrupt:
+    ...     pass
+    >>> resumed = train(Run(tmp / "b", 0))
+    >>> torch.equal(at_once.weight, resumed.weight)
+    True
+    """
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * (
@@ -124,7 +164,7 @@ def fit(run: Run, name: str, modules: dict[str, torch.nn.Module], loss_fn, steps
         if step % 50 == 0 or step == steps:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             run.log(stage=name, step=step, loss=float(np.mean(losses[-50:])), seconds=time.time() - start)
-        if step % 250 == 0 or step == steps:
+        if step % every == 0 or step == steps:
             torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
                         "emas": {k: m.state_dict() for k, m in emas.items()}, "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "rng": rng.bit_generator.state, "step": step,
@@ -134,22 +174,37 @@ def fit(run: Run, name: str, modules: dict[str, torch.nn.Module], loss_fn, steps
 
 
 def load_data(run: Run) -> list[dict]:
+    """The `data` stage's arrays, one dict per bucket (images, masks, labels, original_size,
+    crop_top_left, cut); `main`'s example runs the stage."""
     return [dict(np.load(run.out / f"data_{h}x{w}.npz")) for h, w in BUCKETS]
 
 
 def pick(rng, data: list[dict], batch: int) -> tuple[int, np.ndarray]:
-    """A bucket at random and `batch` indices into it (a batch holds one picture size)."""
+    """A bucket at random and `batch` indices into it (a batch holds one picture size).
+
+    >>> data = [{"labels": np.zeros((10, 4))}, {"labels": np.zeros((3, 4))}]
+    >>> b, idx = pick(np.random.default_rng(0), data, 5)
+    >>> b in (0, 1), len(idx), bool(idx.max() < len(data[b]["labels"]))
+    (True, 5, True)
+    """
     b = int(rng.integers(len(data)))
     return b, rng.integers(0, len(data[b]["labels"]), batch)
 
 
 def to_images(uint8: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 pictures -> (B, 3, H, W) floats in [-1, 1], as the autoencoder takes them.
+
+    >>> to_images(np.array([[[[0, 255, 127]]]], dtype=np.uint8)).flatten().tolist()
+    [-1.0, 1.0, -0.00392...]
+    """
     return torch.from_numpy(uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 # ----------------------------------------------------------------------------- stages
 
 def stage_data(run: Run) -> None:
+    """Render SAMPLES_PER_BUCKET pictures per aspect bucket with their ground truth, each bucket
+    from its own seed. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     for i, bucket in enumerate(BUCKETS):
         rng = np.random.default_rng(run.seed * 100 + i)
         samples = [make_sample(rng, bucket) for _ in tqdm(range(SAMPLES_PER_BUCKET), desc=f"data {bucket}")]
@@ -163,6 +218,8 @@ def stage_data(run: Run) -> None:
 
 
 def stage_vae(run: Run) -> AutoencoderKL:
+    """Train the autoencoder and measure its scaling factor, 1 / std of the latents (SDXL's
+    0.13025 was measured the same way on its data). Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     data = load_data(run)
     vae = AutoencoderKL(NANO_VAE)
 
@@ -193,6 +250,7 @@ def stage_vae(run: Run) -> AutoencoderKL:
 
 
 def trained_vae(run: Run) -> AutoencoderKL:
+    """The frozen autoencoder that the `vae` stage saved, with its scaling factor."""
     state = torch.load(run.out / "vae.pt", weights_only=False)
     vae = AutoencoderKL(NANO_VAE)
     vae.load_state_dict(state["state"])
@@ -202,6 +260,8 @@ def trained_vae(run: Run) -> AutoencoderKL:
 
 @torch.no_grad()
 def stage_latents(run: Run) -> None:
+    """Encode every picture once, clean and degraded (half of them at a random level, for the
+    refiner's aesthetic score), scaled by the autoencoder's factor. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     vae, data = trained_vae(run), load_data(run)
     for (h, w), d in zip(BUCKETS, data):
         rng = np.random.default_rng(run.seed * 7 + h)
@@ -217,27 +277,54 @@ def stage_latents(run: Run) -> None:
 
 
 def new_text_encoders(vocab_size: int):
+    """Untrained CLIP-L-like and bigG-like encoders (the second with a projection), transformers' classes.
+
+    >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
+    >>> te1.config.hidden_size, te2.config.hidden_size, te2.config.projection_dim
+    (64, 128, 128)
+    """
     common = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
     return (CLIPTextModel(CLIPTextConfig(**CLIP_L_LIKE, **common)),
             CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_LIKE, **common)))
 
 
 def nano_tokenizers():
+    """CLIP BPE tokenizers over nano's vocabulary, padded as SDXL's: with end-of-text, and with "!".
+
+    >>> tok, tok_2 = nano_tokenizers()
+    >>> tok.pad_token, tok_2.pad_token, tok.model_max_length
+    ('<|endoftext|>', '!', 77)
+    """
     return build_clip_tokenizer(VOCABULARY), build_clip_tokenizer(VOCABULARY, pad_token="!")
 
 
 def captions_for(rng, labels: np.ndarray, dropout: float) -> tuple[list[str], np.ndarray]:
-    """Fresh captions for stored labels (attributes left out at random), and which are dropped."""
+    """Fresh captions for stored labels (attributes left out at random), and which are dropped.
+
+    >>> small_red_circle_left = np.array([[0, 0, 0, 0]] * 200)  # indices into each ATTRIBUTES tuple
+    >>> caps, dropped = captions_for(np.random.default_rng(0), small_red_circle_left, 0.1)
+    >>> caps[:4]
+    ['a small red circle on the left', 'a small circle', 'a small red circle on the left', 'a circle on the left']
+    >>> float(dropped.mean())  # about a tenth, for classifier-free guidance
+    0.08
+    """
     caps = [make_caption(rng, SHAPES[s], list(COLOURS)[c], POSITIONS[p], SIZES[z]) for s, c, p, z in labels]
     return caps, rng.random(len(caps)) < dropout
 
 
 def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
-    """(B, 6) or (B, 5): original size, crop top-left, and the target size or aesthetic score."""
+    """(B, 6) or (B, 5): original size, crop top-left, and the target size or aesthetic score.
+
+    >>> d = {"original_size": np.array([[32, 40]]), "crop_top_left": np.array([[0, 8]])}
+    >>> micro_ids(d, np.array([0]), np.array([[64, 64]])).tolist()
+    [[32.0, 40.0, 0.0, 8.0, 64.0, 64.0]]
+    """
     return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
 
 
 def stage_base(run: Run, schedule: NoiseSchedule, init=None):
+    """Both text encoders and the base UNet together on the cached latents: v-prediction, t
+    uniform over 0..999, 10% of captions dropped (zero context and pooled). Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
     tok, tok_2 = nano_tokenizers()
     te1, te2 = new_text_encoders(len(tok))
@@ -270,6 +357,8 @@ def stage_base(run: Run, schedule: NoiseSchedule, init=None):
 
 
 def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) -> UNet:
+    """The refiner UNet on degraded latents at t < 200 only, told the aesthetic score of the
+    degradation, reading the frozen second encoder. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
     _, tok_2 = nano_tokenizers()
     unet = UNet(NANO_REFINER)
@@ -298,10 +387,18 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
 
 
 def attribute_loss(logits: dict, labels: torch.Tensor) -> torch.Tensor:
+    """The sum of one cross-entropy per attribute (shape, colour, position, size).
+
+    >>> logits = {k: torch.zeros(2, n) for k, n in zip(ATTRIBUTES, (3, 5, 5, 2))}
+    >>> round(attribute_loss(logits, torch.zeros(2, 4, dtype=torch.long)).item(), 3)  # ln 3 + 2 ln 5 + ln 2
+    5.011
+    """
     return sum(F.cross_entropy(logits[k], labels[:, i]) for i, k in enumerate(ATTRIBUTES))
 
 
 def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
+    """The noise-aware classifier on q_sample(latents, t), then the evaluator on clean pictures,
+    their reconstructions and degraded copies. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
     classifier, evaluator = NoisyClassifier(), Evaluator()
     alphas_cumprod = schedule.alphas_cumprod
@@ -335,6 +432,8 @@ def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
 
 
 def stage_export(run: Run, vae, base: dict, refiner: UNet, classifier, evaluator, weights: Path = WEIGHTS) -> None:
+    """Write the EMA weights in fp16 as single files in the released layout, the tokenizers,
+    and the two classifiers. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
     import safetensors.torch
 
     from ..loading import save_single_file
@@ -356,6 +455,12 @@ def stage_export(run: Run, vae, base: dict, refiner: UNet, classifier, evaluator
 
 
 def main(argv=None) -> None:
+    """The command line: every stage not yet done, in order; `--stages` picks some.
+
+    >>> main(["--steps", "unet=100"])
+    Traceback (most recent call last):
+    SystemExit: 2
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/nano")
     parser.add_argument("--seed", type=int, default=0)
