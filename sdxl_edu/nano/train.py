@@ -21,6 +21,8 @@ Stages, each resumable from its last checkpoint and deterministic given the seed
    `sdxl_edu/nano/weights/`.
 
 Exponential moving averages of the weights are what gets exported, as for SDXL.
+`--quick` runs every stage on 300 pictures a bucket for 3 steps each; tests/test_nano_train.py
+runs it, and is the example for the stage functions.
 `--continue-from-shipped` starts the UNets and text encoders from the shipped weights (and
 keeps their autoencoder), so training can go on across sessions.
 """
@@ -175,8 +177,13 @@ def fit(run: Run, name: str, modules: dict[str, torch.nn.Module], loss_fn, steps
 
 def load_data(run: Run) -> list[dict]:
     """The `data` stage's arrays, one dict per bucket (images, masks, labels, original_size,
-    crop_top_left, cut); `main`'s example runs the stage."""
+    crop_top_left, cut)."""
     return [dict(np.load(run.out / f"data_{h}x{w}.npz")) for h, w in BUCKETS]
+
+
+def load_latents(run: Run) -> list[dict]:
+    """The `latents` stage's arrays, one dict per bucket (clean, degraded, levels)."""
+    return [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
 
 
 def pick(rng, data: list[dict], batch: int) -> tuple[int, np.ndarray]:
@@ -204,7 +211,7 @@ def to_images(uint8: np.ndarray) -> torch.Tensor:
 
 def stage_data(run: Run) -> None:
     """Render SAMPLES_PER_BUCKET pictures per aspect bucket with their ground truth, each bucket
-    from its own seed. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
+    from its own seed."""
     for i, bucket in enumerate(BUCKETS):
         rng = np.random.default_rng(run.seed * 100 + i)
         samples = [make_sample(rng, bucket) for _ in tqdm(range(SAMPLES_PER_BUCKET), desc=f"data {bucket}")]
@@ -219,7 +226,7 @@ def stage_data(run: Run) -> None:
 
 def stage_vae(run: Run) -> AutoencoderKL:
     """Train the autoencoder and measure its scaling factor, 1 / std of the latents (SDXL's
-    0.13025 was measured the same way on its data). Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
+    0.13025 was measured the same way on its data)."""
     data = load_data(run)
     vae = AutoencoderKL(NANO_VAE)
 
@@ -261,7 +268,7 @@ def trained_vae(run: Run) -> AutoencoderKL:
 @torch.no_grad()
 def stage_latents(run: Run) -> None:
     """Encode every picture once, clean and degraded (half of them at a random level, for the
-    refiner's aesthetic score), scaled by the autoencoder's factor. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
+    refiner's aesthetic score), scaled by the autoencoder's factor."""
     vae, data = trained_vae(run), load_data(run)
     for (h, w), d in zip(BUCKETS, data):
         rng = np.random.default_rng(run.seed * 7 + h)
@@ -324,8 +331,8 @@ def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
 
 def stage_base(run: Run, schedule: NoiseSchedule, init=None):
     """Both text encoders and the base UNet together on the cached latents: v-prediction, t
-    uniform over 0..999, 10% of captions dropped (zero context and pooled). Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
-    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    uniform over 0..999, 10% of captions dropped (zero context and pooled)."""
+    data, latents = load_data(run), load_latents(run)
     tok, tok_2 = nano_tokenizers()
     te1, te2 = new_text_encoders(len(tok))
     unet = UNet(NANO_BASE)
@@ -358,8 +365,8 @@ def stage_base(run: Run, schedule: NoiseSchedule, init=None):
 
 def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) -> UNet:
     """The refiner UNet on degraded latents at t < 200 only, told the aesthetic score of the
-    degradation, reading the frozen second encoder. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
-    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    degradation, reading the frozen second encoder."""
+    data, latents = load_data(run), load_latents(run)
     _, tok_2 = nano_tokenizers()
     unet = UNet(NANO_REFINER)
     if init is not None:
@@ -398,8 +405,8 @@ def attribute_loss(logits: dict, labels: torch.Tensor) -> torch.Tensor:
 
 def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
     """The noise-aware classifier on q_sample(latents, t), then the evaluator on clean pictures,
-    their reconstructions and degraded copies. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
-    data, latents = load_data(run), [dict(np.load(run.out / f"latents_{h}x{w}.npz")) for h, w in BUCKETS]
+    their reconstructions and degraded copies."""
+    data, latents = load_data(run), load_latents(run)
     classifier, evaluator = NoisyClassifier(), Evaluator()
     alphas_cumprod = schedule.alphas_cumprod
 
@@ -433,7 +440,7 @@ def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
 
 def stage_export(run: Run, vae, base: dict, refiner: UNet, classifier, evaluator, weights: Path = WEIGHTS) -> None:
     """Write the EMA weights in fp16 as single files in the released layout, the tokenizers,
-    and the two classifiers. Run by `main`; tests/test_nano_train.py runs every stage for a few steps."""
+    and the two classifiers."""
     import safetensors.torch
 
     from ..loading import save_single_file
