@@ -9,22 +9,23 @@ Stages, each resumable from its last checkpoint and deterministic given the seed
    measured as SDXL's was: 1 / std of the training latents;
 3. `latents`: encode every picture once, clean and degraded (the autoencoder is frozen from
    here on, so the UNets train on cached latents);
-4. `base`: both text encoders and the base UNet together, v-prediction on the zero-terminal-
-   SNR schedule, t uniform over 0..999; 10% of captions dropped by zeroing the context and
-   pooled embedding, as SDXL's conditioner does, which is what makes classifier-free
-   guidance possible;
-5. `refiner`: the refiner UNet on t < 200 only, reading the (frozen) second encoder and an
+4. `clip`: both text encoders pretrained as CLIP was, contrastively against (latent) images,
+   then frozen, as SDXL freezes the CLIP ViT-L and OpenCLIP bigG it borrows;
+5. `base`: the base UNet, v-prediction on the zero-terminal-SNR schedule, t uniform over
+   0..999; 10% of captions dropped by zeroing the context and pooled embedding, as SDXL's
+   conditioner does, which is what makes classifier-free guidance possible;
+6. `refiner`: the refiner UNet on t < 200 only, reading the (frozen) second encoder and an
    aesthetic score computed from the degradation applied to the picture;
-6. `classifiers`: the noise-aware classifier (on noisy latents) and the evaluator (on clean
+7. `classifiers`: the noise-aware classifier (on noisy latents) and the evaluator (on clean
    pictures, their reconstructions and degraded copies);
-7. `export`: single-file checkpoints in the released layout, tokenizers, classifiers, into
+8. `export`: single-file checkpoints in the released layout, tokenizers, classifiers, into
    `sdxl_edu/nano/weights/`.
 
 Exponential moving averages of the weights are what gets exported, as for SDXL.
 `--quick` runs every stage on 300 pictures a bucket for 3 steps each; tests/test_nano_train.py
 runs it, and is the example for the stage functions.
-`--continue-from-shipped` starts the UNets and text encoders from the shipped weights (and
-keeps their autoencoder), so training can go on across sessions.
+`--continue-from-shipped` starts the UNets from the shipped weights (and keeps their text
+encoders, frozen, and their autoencoder), so training can go on across sessions.
 """
 
 import argparse
@@ -52,8 +53,8 @@ from .classifiers import Evaluator, NoisyClassifier
 from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, aesthetic_score, degrade, \
     make_caption, make_sample
 
-STAGES = ("data", "vae", "latents", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 2000, "vae_pictures": 1500, "base": 12500, "refiner": 1900, "classifier": 900, "evaluator": 1800}
+STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "classifiers", "export")
+STEPS = {"vae": 2000, "vae_pictures": 1500, "clip": 1500, "base": 9000, "refiner": 1000, "classifier": 900, "evaluator": 1200}
 SAMPLES_PER_BUCKET = 16000
 
 
@@ -329,27 +330,126 @@ def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
 
 
-def stage_base(run: Run, schedule: NoiseSchedule, init=None):
-    """Both text encoders and the base UNet together on the cached latents: v-prediction, t
-    uniform over 0..999, 10% of captions dropped (zero context and pooled)."""
+class ImageTower(torch.nn.Module):
+    """CLIP's image encoder in miniature, on cached latents: convolutions, global average
+    pooling, and one projection per text encoder. Used only to pretrain the text encoders.
+
+    >>> [v.shape for v in ImageTower((128, 64))(torch.randn(2, 4, 16, 12))]  # any bucket's latents
+    [torch.Size([2, 128]), torch.Size([2, 64])]
+    """
+
+    def __init__(self, dims: tuple[int, ...]):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 64, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), torch.nn.SiLU())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(128, d) for d in dims)
+
+    def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        features = self.trunk(latents).mean((2, 3))
+        return [head(features) for head in self.heads]
+
+
+def contrastive_loss(text: torch.Tensor, image: torch.Tensor, same: torch.Tensor, logit_scale) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over cosine similarities, logits = s * <t_i, v_j>.
+    A batch of our captions repeats itself ("a circle" many times), so every image whose
+    caption is the same counts as a match: the target is spread over them (`same`, rows summing to 1).
+
+    >>> text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # captions A, B, A
+    >>> same = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]]) / torch.tensor([[2.0], [1.0], [2.0]])
+    >>> scale = torch.tensor(math.log(100))
+    >>> round(contrastive_loss(text, text, same, scale).item(), 3)  # images that match: only ln 2 is left
+    0.462
+    >>> round(contrastive_loss(text, text.flip(1), same, scale).item(), 1)  # every image matched to the other caption
+    100.2
+    """
+    logits = logit_scale.exp().clamp(max=100) * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
+    return (F.cross_entropy(logits, same) + F.cross_entropy(logits.T, same.T)) / 2
+
+
+def stage_clip(run: Run):
+    """Pretrain both text encoders as CLIP was trained: contrastively against images, here
+    nano's latents. SDXL takes its text encoders from CLIP pretraining and freezes them; so does
+    nano. The first encoder's pooled output (end-of-text token, last layer) gets a projection of
+    its own for this stage only, as SDXL's CLIP ViT-L ships without one. Returns the encoders,
+    frozen."""
     data, latents = load_data(run), load_latents(run)
     tok, tok_2 = nano_tokenizers()
     te1, te2 = new_text_encoders(len(tok))
+    heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(CLIP_L_LIKE["hidden_size"], 128, bias=False),
+                                 "image": ImageTower((128, BIGG_LIKE["projection_dim"]))})
+    heads.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def loss_fn(rng):
+        b, idx = pick(rng, data, 256)
+        captions, _ = captions_for(rng, data[b]["labels"][idx], 0)
+        ids1, ids2 = tokenize(tok, captions), tokenize(tok_2, captions)
+        length = int((ids1 == tok.eos_token_id).int().argmax(-1).max()) + 1  # later tokens cannot reach the EOS
+        text_1 = heads.projection_1(te1(ids1[:, :length]).pooler_output)
+        text_2 = te2(ids2[:, :length]).text_embeds
+        image_1, image_2 = heads.image(torch.from_numpy(latents[b]["clean"][idx]).float())
+        same = torch.tensor([[a == c for c in captions] for a in captions]).float()
+        same = same / same.sum(1, keepdim=True)
+        return (contrastive_loss(text_1, image_1, same, heads.logit_scale)
+                + contrastive_loss(text_2, image_2, same, heads.logit_scale))
+
+    trained = fit(run, "clip", {"text_encoder": te1, "text_encoder_2": te2, "heads": heads}, loss_fn,
+                  STEPS["clip"], lr=1e-3)
+    te1, te2, heads = trained["text_encoder"], trained["text_encoder_2"], trained["heads"]
+    run.log(stage="clip", zero_shot=zero_shot_accuracy(te1, te2, heads, latents, data))
+    return te1.requires_grad_(False), te2.requires_grad_(False)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(te1, te2, heads, latents: list[dict], data: list[dict], n: int = 256) -> dict:
+    """CLIP's zero-shot test: the caption closest to a picture among all 15 "a {colour} {shape}",
+    read as a shape and a colour, for each encoder; n pictures per bucket. Untrained, it is
+    near chance (a third for the shape, a fifth for the colour).
+
+    >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
+    >>> heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(64, 128), "image": ImageTower((128, 128))})
+    >>> latents = [{"clean": np.random.default_rng(0).standard_normal((8, 4, 16, 16), dtype=np.float32)}]
+    >>> data = [{"labels": np.zeros((8, 4), dtype=int)}]
+    >>> accuracy = zero_shot_accuracy(te1, te2, heads, latents, data, n=8)
+    >>> sorted(accuracy), all(0 <= v <= 1 for v in accuracy.values())
+    (['text_encoder_1_colour', 'text_encoder_1_shape', 'text_encoder_2_colour', 'text_encoder_2_shape'], True)
+    """
+    tok, tok_2 = nano_tokenizers()
+    pairs = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
+    prompts = [f"a {list(COLOURS)[c]} {SHAPES[s]}" for s, c in pairs]
+    texts = [F.normalize(heads.projection_1(te1(tokenize(tok, prompts)).pooler_output), dim=-1),
+             F.normalize(te2(tokenize(tok_2, prompts)).text_embeds, dim=-1)]
+    result = {}
+    for i, text in enumerate(texts, 1):
+        hits = {"shape": [], "colour": []}
+        for bucket_latents, bucket_data in zip(latents, data):
+            image = F.normalize(heads.image(torch.from_numpy(bucket_latents["clean"][:n]).float())[i - 1], dim=-1)
+            best = np.array(pairs)[(image @ text.T).argmax(-1).numpy()]
+            hits["shape"] += list(best[:, 0] == bucket_data["labels"][:n, 0])
+            hits["colour"] += list(best[:, 1] == bucket_data["labels"][:n, 1])
+        result.update({f"text_encoder_{i}_{k}": float(np.mean(v)) for k, v in hits.items()})
+    return result
+
+
+def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None):
+    """The base UNet on the cached latents, reading the frozen text encoders: v-prediction, t
+    uniform over 0..999, 10% of captions dropped (zero context and pooled)."""
+    data, latents = load_data(run), load_latents(run)
+    te1, te2 = text_encoders
     unet = UNet(NANO_BASE)
     if init is not None:  # continue from a shipped pipeline
-        for ours, theirs in ((te1, init.text_encoder), (te2, init.text_encoder_2), (unet, init.unet)):
-            ours.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()})
+        unet.load_state_dict({k: v.float() for k, v in init.unet.state_dict().items()})
     alphas_cumprod = schedule.alphas_cumprod
+    encode = frozen_text_embeddings(te1, te2)
 
     def loss_fn(rng):
         b, idx = pick(rng, data, 64)
         x0 = torch.from_numpy(latents[b]["clean"][idx]).float()
         captions, dropped = captions_for(rng, data[b]["labels"][idx], 0.1)
-        h1 = te1(tokenize(tok, captions), output_hidden_states=True).hidden_states[-2]
-        out2 = te2(tokenize(tok_2, captions), output_hidden_states=True)
+        context, pooled = encode(captions)
         keep = torch.from_numpy(~dropped).float()
-        context = torch.cat([h1, out2.hidden_states[-2]], -1) * keep[:, None, None]
-        pooled = out2.text_embeds * keep[:, None]
+        context, pooled = context * keep[:, None, None], pooled * keep[:, None]
         target_size = np.tile(BUCKETS[b], (len(idx), 1))
         y = vector_y(pooled, micro_ids(data[b], idx, target_size))
         t = torch.from_numpy(rng.integers(0, 1000, len(idx)))
@@ -359,8 +459,38 @@ def stage_base(run: Run, schedule: NoiseSchedule, init=None):
         v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
         return F.mse_loss(unet(x_t, t, context, y), v)
 
-    return fit(run, "base", {"text_encoder": te1, "text_encoder_2": te2, "unet": unet}, loss_fn, STEPS["base"],
-               lr=3e-4)
+    unet = fit(run, "base", {"unet": unet}, loss_fn, STEPS["base"], lr=3e-4)["unet"]
+    return {"text_encoder": te1, "text_encoder_2": te2, "unet": unet}
+
+
+def frozen_text_embeddings(te1, te2):
+    """captions -> (context, pooled) from the frozen encoders, remembered per caption: nano's
+    captions come from a few hundred, so the encoders run once for each.
+
+    >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
+    >>> calls = []
+    >>> _ = te2.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    >>> encode = frozen_text_embeddings(te1, te2)
+    >>> context, pooled = encode(["a circle", "a red square", "a circle"])
+    >>> context.shape, pooled.shape, torch.equal(context[0], context[2])
+    (torch.Size([3, 77, 192]), torch.Size([3, 128]), True)
+    >>> _ = encode(["a red square", "a blue square"]); calls  # only the new caption was encoded
+    [2, 1]
+    """
+    tok, tok_2 = nano_tokenizers()
+    seen = {}
+
+    @torch.no_grad()
+    def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        new = sorted(set(captions) - seen.keys())
+        if new:
+            h1 = te1(tokenize(tok, new), output_hidden_states=True).hidden_states[-2]
+            out2 = te2(tokenize(tok_2, new), output_hidden_states=True)
+            context = torch.cat([h1, out2.hidden_states[-2]], -1)
+            seen.update({c: (context[i], out2.text_embeds[i]) for i, c in enumerate(new)})
+        return (torch.stack([seen[c][0] for c in captions]), torch.stack([seen[c][1] for c in captions]))
+
+    return encode
 
 
 def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) -> UNet:
@@ -478,7 +608,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", default="", help="override step counts, e.g. base=6000,evaluator=2500 (a stage "
                                                     "resumes from its checkpoint and trains on to the new count)")
     parser.add_argument("--continue-from-shipped", action="store_true",
-                        help="start the UNets and text encoders from the shipped weights and take their "
+                        help="start the UNets from the shipped weights and take their text encoders and "
                              "autoencoder as it is (a session's training does not outlive the session)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -513,7 +643,13 @@ def main(argv=None) -> None:
     if "latents" in wanted and not run.done("latents"):
         stage_latents(run)
         run.mark_done("latents")
-    base = stage_base(run, schedule, shipped) if any(s in wanted for s in ("base", "refiner", "export")) else None
+    base = None
+    if {"clip", "base", "refiner", "export"} & set(wanted):
+        text_encoders = ((shipped.text_encoder.float(), shipped.text_encoder_2.float()) if shipped is not None
+                         else stage_clip(run))
+        run.mark_done("clip")
+        if {"base", "refiner", "export"} & set(wanted):
+            base = stage_base(run, schedule, text_encoders, shipped)
     run.mark_done("base")
     refiner = (stage_refiner(run, schedule, base["text_encoder_2"], shipped_refiner)
                if {"refiner", "export"} & set(wanted) else None)
