@@ -54,7 +54,7 @@ from .data import ATTRIBUTES, BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABU
     make_caption, make_sample
 
 STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 2000, "vae_pictures": 1500, "clip": 1500, "base": 9000, "refiner": 1000, "classifier": 900, "evaluator": 1200}
+STEPS = {"vae": 2000, "vae_pictures": 1500, "clip": 1500, "base": 9000, "refiner": 2000, "classifier": 900, "evaluator": 1200}
 SAMPLES_PER_BUCKET = 16000
 
 
@@ -465,7 +465,9 @@ def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None):
 
 def frozen_text_embeddings(te1, te2):
     """captions -> (context, pooled) from the frozen encoders, remembered per caption: nano's
-    captions come from a few hundred, so the encoders run once for each.
+    captions come from a few hundred, so the encoders run once for each. The context is both
+    penultimate layers side by side (the base's), or the second's alone when `te1` is None (the
+    refiner's); the pooled vector is the second's projection.
 
     >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
     >>> calls = []
@@ -476,6 +478,8 @@ def frozen_text_embeddings(te1, te2):
     (torch.Size([3, 77, 192]), torch.Size([3, 128]), True)
     >>> _ = encode(["a red square", "a blue square"]); calls  # only the new caption was encoded
     [2, 1]
+    >>> frozen_text_embeddings(None, te2)(["a circle"])[0].shape  # the refiner's context
+    torch.Size([1, 77, 128])
     """
     tok, tok_2 = nano_tokenizers()
     seen = {}
@@ -484,9 +488,11 @@ def frozen_text_embeddings(te1, te2):
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         new = sorted(set(captions) - seen.keys())
         if new:
-            h1 = te1(tokenize(tok, new), output_hidden_states=True).hidden_states[-2]
             out2 = te2(tokenize(tok_2, new), output_hidden_states=True)
-            context = torch.cat([h1, out2.hidden_states[-2]], -1)
+            context = out2.hidden_states[-2]
+            if te1 is not None:  # the base reads both encoders
+                h1 = te1(tokenize(tok, new), output_hidden_states=True).hidden_states[-2]
+                context = torch.cat([h1, context], -1)
             seen.update({c: (context[i], out2.text_embeds[i]) for i, c in enumerate(new)})
         return (torch.stack([seen[c][0] for c in captions]), torch.stack([seen[c][1] for c in captions]))
 
@@ -497,28 +503,26 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
     """The refiner UNet on degraded latents at t < 200 only, told the aesthetic score of the
     degradation, reading the frozen second encoder."""
     data, latents = load_data(run), load_latents(run)
-    _, tok_2 = nano_tokenizers()
     unet = UNet(NANO_REFINER)
     if init is not None:
         unet.load_state_dict({k: v.float() for k, v in init.unet.state_dict().items()})
     alphas_cumprod = schedule.alphas_cumprod
-    text_encoder_2.requires_grad_(False)
+    encode = frozen_text_embeddings(None, text_encoder_2.requires_grad_(False))
 
     def loss_fn(rng):
-        b, idx = pick(rng, data, 64)
+        b, idx = pick(rng, data, 32)
         x0 = torch.from_numpy(latents[b]["degraded"][idx]).float()
         captions, dropped = captions_for(rng, data[b]["labels"][idx], 0.1)
         captions = ["" if d else c for c, d in zip(captions, dropped)]  # the refiner's unconditional is ""
-        with torch.no_grad():
-            out = text_encoder_2(tokenize(tok_2, captions), output_hidden_states=True)
+        context, pooled = encode(captions)
         scores = np.array([[aesthetic_score(lv)] for lv in latents[b]["levels"][idx]])
-        y = vector_y(out.text_embeds, micro_ids(data[b], idx, scores))
+        y = vector_y(pooled, micro_ids(data[b], idx, scores))
         t = torch.from_numpy(rng.integers(0, 200, len(idx)))  # the refiner sees low noise only
         noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
         ab = alphas_cumprod[t][:, None, None, None]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        return F.mse_loss(unet(x_t, t, out.hidden_states[-2], y), v)
+        return F.mse_loss(unet(x_t, t, context, y), v)
 
     return fit(run, "refiner", {"unet": unet}, loss_fn, STEPS["refiner"], lr=3e-4)["unet"]
 
