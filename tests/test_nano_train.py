@@ -24,7 +24,7 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
     assert all((run / f"{stage}.done").exists() for stage in STAGES)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     trained = {entry["stage"] for entry in log if entry.get("step") == 3}
-    assert trained >= {"vae", "vae_pictures", "base", "refiner", "classifier", "evaluator"}, trained
+    assert trained >= {"vae", "vae_pictures", "clip", "base", "refiner", "classifier", "evaluator"}, trained
 
     # a second call finds every stage done; more steps for one stage resume from its checkpoint
     train("--out", str(run), "--weights", str(weights), "--stages", "base", "--steps", "base=5")
@@ -40,3 +40,8 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
         state = safetensors.torch.load_file(weights / f"{name}.safetensors")
         model.load_state_dict({k: v.float() for k, v in state.items()})  # strict: every key, every shape
         assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_stage_not_asked_for_is_not_marked_done(tmp_path):
+    train("--out", str(tmp_path), "--stages", "data")
+    assert sorted(p.name for p in tmp_path.glob("*.done")) == ["data.done"]

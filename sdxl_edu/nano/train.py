@@ -654,10 +654,10 @@ def main(argv=None) -> None:
         run.mark_done("clip")
         if {"base", "refiner", "export"} & set(wanted):
             base = stage_base(run, schedule, text_encoders, shipped)
-    run.mark_done("base")
-    refiner = (stage_refiner(run, schedule, base["text_encoder_2"], shipped_refiner)
-               if {"refiner", "export"} & set(wanted) else None)
-    run.mark_done("refiner")
+            run.mark_done("base")
+    if {"refiner", "export"} & set(wanted):
+        refiner = stage_refiner(run, schedule, base["text_encoder_2"], shipped_refiner)
+        run.mark_done("refiner")
     if {"classifiers", "export"} & set(wanted):
         classifier, evaluator = stage_classifiers(run, schedule, trained_vae(run))
         run.mark_done("classifiers")
