@@ -375,8 +375,7 @@ def stage_clip(run: Run):
     its own for this stage only, as SDXL's CLIP ViT-L ships without one. Returns the encoders,
     frozen."""
     data, latents = load_data(run), load_latents(run)
-    tok, tok_2 = nano_tokenizers()
-    te1, te2 = new_text_encoders(len(tok))
+    te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
     heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(CLIP_L_LIKE["hidden_size"], 128, bias=False),
                                  "image": ImageTower((128, BIGG_LIKE["projection_dim"]))})
     heads.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -384,10 +383,7 @@ def stage_clip(run: Run):
     def loss_fn(rng):
         b, idx = pick(rng, data, 256)
         captions, _ = captions_for(rng, data[b]["labels"][idx], 0)
-        ids1, ids2 = tokenize(tok, captions), tokenize(tok_2, captions)
-        length = int((ids1 == tok.eos_token_id).int().argmax(-1).max()) + 1  # later tokens cannot reach the EOS
-        text_1 = heads.projection_1(te1(ids1[:, :length]).pooler_output)
-        text_2 = te2(ids2[:, :length]).text_embeds
+        text_1, text_2 = clip_text_embeddings(te1, te2, heads, captions)
         image_1, image_2 = heads.image(torch.from_numpy(latents[b]["clean"][idx]).float())
         same = torch.tensor([[a == c for c in captions] for a in captions]).float()
         same = same / same.sum(1, keepdim=True)
@@ -399,6 +395,23 @@ def stage_clip(run: Run):
     te1, te2, heads = trained["text_encoder"], trained["text_encoder_2"], trained["heads"]
     run.log(stage="clip", zero_shot=zero_shot_accuracy(te1, te2, heads, latents, data))
     return te1.requires_grad_(False), te2.requires_grad_(False)
+
+
+def clip_text_embeddings(te1, te2, heads, captions: list[str]) -> list[torch.Tensor]:
+    """Each encoder's caption embedding in the space it shares with the image tower: the
+    pooled output (end-of-text token, last layer) through a projection, the first encoder's
+    from `heads.projection_1`, the second's its own. Only the tokens up to the longest
+    caption's end-of-text run: the encoders are causal, so later ones cannot change it.
+
+    >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
+    >>> heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(64, 128)})
+    >>> [e.shape for e in clip_text_embeddings(te1, te2, heads, ["a circle", "a small red square"])]
+    [torch.Size([2, 128]), torch.Size([2, 128])]
+    """
+    tok, tok_2 = nano_tokenizers()
+    ids1, ids2 = tokenize(tok, captions), tokenize(tok_2, captions)
+    length = int((ids1 == tok.eos_token_id).int().argmax(-1).max()) + 1
+    return [heads.projection_1(te1(ids1[:, :length]).pooler_output), te2(ids2[:, :length]).text_embeds]
 
 
 @torch.no_grad()
@@ -415,11 +428,9 @@ def zero_shot_accuracy(te1, te2, heads, latents: list[dict], data: list[dict], n
     >>> sorted(accuracy), all(0 <= v <= 1 for v in accuracy.values())
     (['text_encoder_1_colour', 'text_encoder_1_shape', 'text_encoder_2_colour', 'text_encoder_2_shape'], True)
     """
-    tok, tok_2 = nano_tokenizers()
     pairs = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
     prompts = [f"a {list(COLOURS)[c]} {SHAPES[s]}" for s, c in pairs]
-    texts = [F.normalize(heads.projection_1(te1(tokenize(tok, prompts)).pooler_output), dim=-1),
-             F.normalize(te2(tokenize(tok_2, prompts)).text_embeds, dim=-1)]
+    texts = [F.normalize(e, dim=-1) for e in clip_text_embeddings(te1, te2, heads, prompts)]
     result = {}
     for i, text in enumerate(texts, 1):
         hits = {"shape": [], "colour": []}
