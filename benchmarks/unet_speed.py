@@ -16,26 +16,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from diffusers import UNet2DConditionModel  # noqa: E402
-from tiny import randomize, to_diffusers  # noqa: E402
+from tiny import diffusers_unet_config, randomize, to_diffusers  # noqa: E402
 
 from sdxl_edu.config import SDXL_BASE, UNetConfig  # noqa: E402
 from sdxl_edu.loading import diffusers_unet_names  # noqa: E402
 from sdxl_edu.unet import UNet  # noqa: E402
 
-MID = UNetConfig(model_channels=128, channel_mult=(1, 2, 4), transformer_depth=(0, 2, 4), transformer_depth_middle=4,
+MID = UNetConfig(channels=(128, 256, 512), transformer_depth=(0, 2, 4), transformer_depth_middle=4,
                  context_dim=2048, adm_in_channels=2816)
-
-
-def diffusers_config(c: UNetConfig) -> dict:
-    widths = [c.model_channels * m for m in c.channel_mult]
-    attn = [d > 0 for d in c.transformer_depth]
-    return dict(block_out_channels=widths, layers_per_block=c.num_res_blocks,
-                down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-                up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-                transformer_layers_per_block=[max(d, 1) for d in c.transformer_depth[:-1]] + [c.transformer_depth_middle],
-                attention_head_dim=[w // c.num_head_channels for w in widths], cross_attention_dim=c.context_dim,
-                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=c.adm_in_channels, in_channels=4, out_channels=4)
 
 
 def median_time(fn, repeats: int) -> float:
@@ -60,7 +48,7 @@ def main():
     config = SDXL_BASE if args.full else MID
     dtype = getattr(torch, args.dtype)
     ours = randomize(UNet(config)).to(args.device, dtype)
-    theirs = to_diffusers(ours, diffusers_unet_names(config), UNet2DConditionModel(**diffusers_config(config)))
+    theirs = to_diffusers(ours, diffusers_unet_names(config), UNet2DConditionModel(**diffusers_unet_config(config)))
     theirs = theirs.to(args.device, dtype)
     b, s = args.batch, args.size
     x = torch.randn(b, 4, s, s, device=args.device, dtype=dtype)

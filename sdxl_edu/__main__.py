@@ -4,9 +4,8 @@
 import argparse
 import sys
 
-from .anatomy import unet_parameters, vae_parameters
+from .anatomy import describe, unet_parameters, vae_parameters
 from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE
-from .pipeline import describe
 
 
 def info(source: str | None) -> None:

@@ -32,14 +32,43 @@ def _levels(unet: UNet, config: UNetConfig) -> dict[str, list[str]]:
         level_of_input.append(level)
         if type(block[0]).__name__ == "Downsample":
             level += 1
+    up_blocks = [config.res_blocks(level) + 1 for level in range(config.num_levels)]
     groups = {}
     for level in range(config.num_levels):
         down = [f"input_blocks.{i}" for i in range(1, len(unet.input_blocks)) if level_of_input[i] == level]
-        first = (config.num_levels - 1 - level) * (config.num_res_blocks + 1)
-        up = [f"output_blocks.{i}" for i in range(first, first + config.num_res_blocks + 1)]
+        first = sum(up_blocks[level + 1:])  # the decoder starts at the deepest level
+        up = [f"output_blocks.{i}" for i in range(first, first + up_blocks[level])]
         groups[f"level {level}"] = down + up
-    groups["middle"] = ["middle_block"]
+    groups["middle"] = ["middle_block"] if unet.middle_block is not None else []
     return groups
+
+
+def describe(config: UNetConfig) -> str:
+    """The UNet block by block: each level's width, its blocks and their transformer depths,
+    on the way down, in the middle and on the way up. What a distilled model removed shows
+    as a smaller number, or none.
+
+    >>> from sdxl_edu.config import SDXL_BASE
+    >>> print(describe(SDXL_BASE))
+    encoder level 0: 320 channels, 2 blocks, no attention
+    encoder level 1: 640 channels, 2 blocks, transformer depths [2, 2]
+    encoder level 2: 1280 channels, 2 blocks, transformer depths [10, 10]
+    middle: ResBlock, SpatialTransformer (10 blocks), ResBlock
+    decoder level 2: 3 blocks, transformer depths [10, 10, 10]
+    decoder level 1: 3 blocks, transformer depths [2, 2, 2]
+    decoder level 0: 3 blocks, no attention
+    """
+    def blocks(depths: list[int]) -> str:
+        return f"{len(depths)} blocks, " + (f"transformer depths {depths}" if any(depths) else "no attention")
+
+    lines = [f"encoder level {level}: {config.level_channels(level)} channels, {blocks(depths)}"
+             for level, depths in enumerate(config.encoder_depths())]
+    middle = config.transformer_depth_middle
+    lines.append("middle: " + ("none" if middle is None else "ResBlock" if middle == 0 else
+                               f"ResBlock, SpatialTransformer ({middle} blocks), ResBlock"))
+    lines += [f"decoder level {level}: {blocks(depths)}"
+              for level, depths in zip(reversed(range(config.num_levels)), config.decoder_depths())]
+    return "\n".join(lines)
 
 
 def unet_parameters(config: UNetConfig) -> dict[str, int]:

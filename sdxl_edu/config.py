@@ -28,18 +28,26 @@ from dataclasses import dataclass
 class UNetConfig:
     """Shape of an SDXL-style UNet (the names follow sgm's `UNetModel` arguments).
 
-    >>> cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1),
-    ...                  transformer_depth_middle=1, num_head_channels=16, context_dim=48,
-    ...                  adm_in_channels=64)
-    >>> cfg.num_heads(1)
-    4
+    SDXL gives every number per level. The distilled SDXL models (SSD-1B, Segmind Vega,
+    KOALA) keep SDXL's blocks but drop some of them, so three optional fields describe them
+    without changing how SDXL reads: a transformer depth per encoder block
+    (`transformer_depth_input`) and per decoder block (`transformer_depth_output`), and a
+    middle that is a single ResBlock (`transformer_depth_middle=0`) or absent (`None`).
+
+    >>> cfg = UNetConfig(channels=(32, 64), transformer_depth=(0, 1), transformer_depth_middle=1,
+    ...                  num_head_channels=16, context_dim=48, adm_in_channels=64)
+    >>> cfg.num_heads(1), cfg.model_channels
+    (4, 32)
+    >>> cfg.decoder_depths()  # per level, deepest first, one more block than the encoder
+    [[1, 1, 1], [0, 0, 0]]
     """
 
-    model_channels: int = 320  # C: width of the first level; level i has C * channel_mult[i]
-    channel_mult: tuple[int, ...] = (1, 2, 4)
-    num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
-    transformer_depth: tuple[int, ...] = (0, 2, 10)  # blocks per SpatialTransformer; 0 = none
-    transformer_depth_middle: int = 10
+    channels: tuple[int, ...] = (320, 640, 1280)  # width of each level (sgm: model_channels * channel_mult)
+    num_res_blocks: int | tuple[int, ...] = 2  # ResBlocks per level on the way down (one more on the way up)
+    transformer_depth: tuple[int, ...] = (0, 2, 10)  # blocks per SpatialTransformer, per level; 0 = none
+    transformer_depth_middle: int | None = 10  # 0: the middle is one ResBlock; None: there is no middle
+    transformer_depth_input: tuple[int, ...] | None = None  # per encoder block, where it differs from the level's
+    transformer_depth_output: tuple[int, ...] | None = None  # per decoder block (deepest first), likewise
     num_head_channels: int = 64  # SDXL fixes the head width; the head count follows
     context_dim: int = 2048  # width of the text tokens cross-attention reads
     adm_in_channels: int = 2816  # width of the vector y (pooled text + micro-conditioning); 0: no y (SD 1.x)
@@ -49,7 +57,13 @@ class UNetConfig:
 
     @property
     def num_levels(self) -> int:
-        return len(self.channel_mult)
+        return len(self.channels)
+
+    @property
+    def model_channels(self) -> int:
+        """C, sgm's name for the first level's width: conv_in's output and the timestep
+        embedding's input."""
+        return self.channels[0]
 
     @property
     def time_embed_dim(self) -> int:
@@ -57,10 +71,37 @@ class UNetConfig:
         return 4 * self.model_channels
 
     def level_channels(self, level: int) -> int:
-        return self.model_channels * self.channel_mult[level]
+        return self.channels[level]
 
     def num_heads(self, level: int) -> int:
         return self.level_channels(level) // self.num_head_channels
+
+    def res_blocks(self, level: int) -> int:
+        """ResBlocks of a level in the encoder (the decoder has one more)."""
+        n = self.num_res_blocks
+        return n if isinstance(n, int) else n[level]
+
+    def encoder_depths(self) -> list[list[int]]:
+        """Transformer depth of each encoder block, per level: SDXL base gives
+        [[0, 0], [2, 2], [10, 10]]."""
+        sizes = [self.res_blocks(level) for level in range(self.num_levels)]
+        return _per_block(self.transformer_depth_input, self.transformer_depth, sizes)
+
+    def decoder_depths(self) -> list[list[int]]:
+        """Transformer depth of each decoder block, per level from the deepest up."""
+        levels = list(reversed(range(self.num_levels)))
+        return _per_block(self.transformer_depth_output, [self.transformer_depth[i] for i in levels],
+                          [self.res_blocks(i) + 1 for i in levels])
+
+
+def _per_block(per_block: tuple[int, ...] | None, per_level, sizes: list[int]) -> list[list[int]]:
+    """Group a flat per-block list by level, or repeat each level's number for its blocks."""
+    if per_block is None:
+        return [[depth] * n for depth, n in zip(per_level, sizes)]
+    if len(per_block) != sum(sizes):
+        raise ValueError(f"{len(per_block)} transformer depths given for {sum(sizes)} blocks ({sizes} per level)")
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [list(per_block[s:s + n]) for s, n in zip(starts, sizes)]
 
 
 @dataclass(frozen=True)
@@ -92,8 +133,7 @@ class VAEConfig:
 SDXL_BASE = UNetConfig()
 
 SDXL_REFINER = UNetConfig(
-    model_channels=384,
-    channel_mult=(1, 2, 4, 4),
+    channels=(384, 768, 1536, 1536),
     transformer_depth=(0, 4, 4, 0),
     transformer_depth_middle=4,
     context_dim=1280,
@@ -107,7 +147,7 @@ SDXL_VAE = VAEConfig()
 # middle, context 768 (CLIP ViT-L alone), no vector conditioning. SD 1.x fixes 8 heads per
 # layer rather than SDXL's 64-wide heads; how a width is split into heads does not change
 # the parameter count. Its autoencoder has SDXL's architecture (scale 0.18215).
-SD15_UNET = UNetConfig(channel_mult=(1, 2, 4, 4), transformer_depth=(1, 1, 1, 0), transformer_depth_middle=1,
+SD15_UNET = UNetConfig(channels=(320, 640, 1280, 1280), transformer_depth=(1, 1, 1, 0), transformer_depth_middle=1,
                        num_head_channels=40, context_dim=768, adm_in_channels=0)
 
 

@@ -13,8 +13,8 @@ Three sources, one result:
   with the `hub` extra.
 
 The architecture is *read from the tensors' shapes* into the same dataclasses the model is
-built from (`sdxl_edu.config`), so the released weights and small SDXL-shaped ones load the
-same way. Shapes cannot tell the head width, GroupNorm groups or the latent scale; for those
+built from (`sdxl_edu.config`), block by block, so the released weights, the distilled SDXL
+models (SSD-1B, Segmind Vega, KOALA) and small SDXL-shaped ones load the same way. Shapes cannot tell the head width, GroupNorm groups or the latent scale; for those
 SDXL's values are assumed unless the file's `__metadata__["sdxl_edu"]` (JSON) says otherwise,
 which is how nano SDXL records its own.
 
@@ -95,10 +95,13 @@ def detect_family(keys: set[str]) -> str:
     sdxl_edu.checkpoint.CheckpointError: This is a Stable Diffusion 1.x checkpoint ...
     """
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
-    if has(UNET + "label_emb.") and has(BIGG["base"]) and has(CLIP_L):
-        return "base"
-    if has(UNET + "label_emb.") and has(BIGG["refiner"]):
-        return "refiner"
+    sdxl_text = "base" if has(BIGG["base"]) and has(CLIP_L) else "refiner" if has(BIGG["refiner"]) else None
+    if sdxl_text and has(UNET + "label_emb."):
+        return sdxl_text
+    if sdxl_text and has(UNET):
+        raise CheckpointError(f"This is an SDXL {sdxl_text} checkpoint whose UNet has no label_emb.* tensors "
+                              "(the MLP that adds the vector y, pooled text and sizes, to the timestep embedding). "
+                              "The file is damaged or incomplete: download it again.")
     if has("cond_stage_model.transformer."):
         what = "a Stable Diffusion 1.x checkpoint (one CLIP ViT-L text encoder, 768-wide context, no size conditioning)"
     elif has("cond_stage_model.model."):
@@ -123,6 +126,12 @@ def detect_family(keys: set[str]) -> str:
 def read_unet_config(shapes: dict[str, tuple], **overrides) -> UNetConfig:
     """Read a UNetConfig from the UNet's tensor shapes (keys without the file prefix).
 
+    The encoder is walked block by block: a block with `0.in_layers` is a ResBlock, one
+    with `0.op` the Downsample that ends a level; each block's transformer depth is the
+    number of `transformer_blocks.N` it holds. The decoder has one block more per level, and
+    the middle has three blocks, one, or none. This is how ComfyUI tells SSD-1B, Vega and
+    KOALA from SDXL, and how the released SDXL reads back as itself:
+
     >>> from sdxl_edu.config import SDXL_REFINER
     >>> with torch.device("meta"):
     ...     shapes = {k: tuple(v.shape) for k, v in UNet(SDXL_REFINER).state_dict().items()}
@@ -130,25 +139,44 @@ def read_unet_config(shapes: dict[str, tuple], **overrides) -> UNetConfig:
     True
     """
     C, in_channels = shapes["input_blocks.0.0.weight"][:2]
-    widths, depths, num_res_blocks = [], [], None
-    block = 1
-    while f"input_blocks.{block}.0.in_layers.2.weight" in shapes or f"input_blocks.{block}.0.op.weight" in shapes:
-        n = 0
+    widths, blocks_per_level, encoder, block = [], [], [], 1
+    while f"input_blocks.{block}.0.in_layers.2.weight" in shapes:
+        first = block
         while f"input_blocks.{block}.0.in_layers.2.weight" in shapes:
-            n, block = n + 1, block + 1
-        num_res_blocks = num_res_blocks or n
-        first = block - n  # the level's first ResBlock
+            encoder.append(_count(shapes, f"input_blocks.{block}.1.transformer_blocks."))
+            block += 1
         widths.append(shapes[f"input_blocks.{first}.0.out_layers.3.weight"][0])
-        depths.append(_count(shapes, f"input_blocks.{first}.1.transformer_blocks."))
+        blocks_per_level.append(block - first)
         block += 1  # the Downsample, if any
-    to_k = next(v for k, v in shapes.items() if k.endswith("attn2.to_k.weight"))
-    config = dict(
-        model_channels=C, channel_mult=tuple(w // C for w in widths), num_res_blocks=num_res_blocks,
-        transformer_depth=tuple(depths),
-        transformer_depth_middle=_count(shapes, "middle_block.1.transformer_blocks."),
-        context_dim=to_k[1], adm_in_channels=shapes["label_emb.0.0.weight"][1],
-        in_channels=in_channels, out_channels=shapes["out.2.weight"][0])
-    return UNetConfig(**{**config, **overrides})
+    decoder = [_count(shapes, f"output_blocks.{i}.1.transformer_blocks.")
+               for i in range(sum(blocks_per_level) + len(widths))]
+    middle = {1: 0, 3: _count(shapes, "middle_block.1.transformer_blocks.")}.get(_count(shapes, "middle_block."))
+    to_k = next((v for k, v in shapes.items() if k.endswith("attn2.to_k.weight")), (0, 0))
+    config = dict(channels=tuple(widths), context_dim=to_k[1], transformer_depth_middle=middle,
+                  adm_in_channels=shapes["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in shapes else 0,
+                  in_channels=in_channels, out_channels=shapes["out.2.weight"][0])
+    return UNetConfig(**config | block_counts(blocks_per_level, encoder, decoder) | overrides)
+
+
+def block_counts(blocks_per_level: list[int], encoder: list[int], decoder: list[int]) -> dict:
+    """The UNetConfig fields for ResBlocks and transformer depths counted block by block,
+    in SDXL's per-level form wherever the blocks of a level agree.
+
+    >>> block_counts([2, 2], [0, 0, 1, 1], [1, 1, 1, 0, 0, 0])
+    {'num_res_blocks': 2, 'transformer_depth': (0, 1)}
+    >>> block_counts([1, 1], [0, 2], [2, 1, 0, 0])  # KOALA-like: a thinner decoder
+    {'num_res_blocks': 1, 'transformer_depth': (0, 2), 'transformer_depth_output': (2, 1, 0, 0)}
+    """
+    n = blocks_per_level
+    fields = dict(num_res_blocks=n[0] if len(set(n)) == 1 else tuple(n))
+    levels = UNetConfig(channels=(0,) * len(n), num_res_blocks=fields["num_res_blocks"],
+                        transformer_depth=tuple(encoder[sum(n[:i])] for i in range(len(n))))
+    fields["transformer_depth"] = levels.transformer_depth
+    if sum(levels.encoder_depths(), []) != encoder:
+        fields["transformer_depth_input"] = tuple(encoder)
+    if sum(levels.decoder_depths(), []) != decoder:
+        fields["transformer_depth_output"] = tuple(decoder)
+    return fields
 
 
 def read_vae_config(shapes: dict[str, tuple], **overrides) -> VAEConfig:
@@ -327,9 +355,9 @@ def save_single_file(path: str | os.PathLike, unet: UNet, vae: AutoencoderKL, te
 def diffusers_unet_names(config: UNetConfig) -> dict[str, str]:
     """Map each of our (single-file) UNet keys to diffusers' `UNet2DConditionModel` key.
 
-    Block by block: `input_blocks.{1 + L (n+1) + j}` is `down_blocks.L.resnets.j` /
+    Block by block: the j-th ResBlock of level L is `down_blocks.L.resnets.j` /
     `.attentions.j`, the block after a level's ResBlocks is its downsampler, the middle is
-    `mid_block`, and `output_blocks.{U (n+2) ... }` are `up_blocks.U`; inside a ResBlock
+    `mid_block`, and the decoder's blocks, deepest level first, are `up_blocks.U`; inside a ResBlock
     `in_layers.0/2, emb_layers.1, out_layers.0/3, skip_connection` are
     `norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut`. Everything inside a
     SpatialTransformer already has the same name in both.
@@ -339,25 +367,27 @@ def diffusers_unet_names(config: UNetConfig) -> dict[str, str]:
     >>> names["input_blocks.4.0.emb_layers.1.weight"], names["output_blocks.5.2.conv.weight"]
     ('down_blocks.1.resnets.0.time_emb_proj.weight', 'up_blocks.1.upsamplers.0.conv.weight')
     """
-    n = config.num_res_blocks
     blocks = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
               "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2.",
               "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
               "middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
               "middle_block.2.": "mid_block.resnets.1."}
+    i = 1
     for level in range(config.num_levels):
-        for j in range(n):
-            i = 1 + level * (n + 1) + j
+        for j in range(config.res_blocks(level)):
             blocks[f"input_blocks.{i}.0."] = f"down_blocks.{level}.resnets.{j}."
             blocks[f"input_blocks.{i}.1."] = f"down_blocks.{level}.attentions.{j}."
-        blocks[f"input_blocks.{(level + 1) * (n + 1)}.0.op."] = f"down_blocks.{level}.downsamplers.0.conv."
+            i += 1
+        blocks[f"input_blocks.{i}.0.op."] = f"down_blocks.{level}.downsamplers.0.conv."
+        i += 1
+    i = 0
     for up in range(config.num_levels):
-        for j in range(n + 1):
-            i = up * (n + 1) + j
+        for j in range(config.res_blocks(config.num_levels - 1 - up) + 1):
             blocks[f"output_blocks.{i}.0."] = f"up_blocks.{up}.resnets.{j}."
             blocks[f"output_blocks.{i}.1."] = f"up_blocks.{up}.attentions.{j}."
             for k in (1, 2):  # the upsampler follows the attention, if the level has one
                 blocks[f"output_blocks.{i}.{k}.conv."] = f"up_blocks.{up}.upsamplers.0.conv."
+            i += 1
     resnet = {"in_layers.0.": "norm1.", "in_layers.2.": "conv1.", "emb_layers.1.": "time_emb_proj.",
               "out_layers.0.": "norm2.", "out_layers.3.": "conv2.", "skip_connection.": "conv_shortcut."}
     with torch.device("meta"):
@@ -411,6 +441,11 @@ def read_diffusers_unet_config(cfg: dict) -> UNetConfig:
     """UNetConfig from a diffusers `unet/config.json` (whose `attention_head_dim` is, for
     historical reasons, the number of heads).
 
+    diffusers gives transformer depths per level or, for the distilled models, per block
+    (`transformer_layers_per_block` as lists, `reverse_transformer_layers_per_block` for the
+    decoder), and the middle as `mid_block_type`: SDXL's `UNetMidBlock2DCrossAttn` (its
+    depth is the last level's), a single ResBlock (`UNetMidBlock2D`) or none (`null`).
+
     >>> from sdxl_edu.config import SDXL_BASE
     >>> read_diffusers_unet_config({"block_out_channels": [320, 640, 1280], "attention_head_dim": [5, 10, 20],
     ...     "transformer_layers_per_block": [1, 2, 10], "layers_per_block": 2, "cross_attention_dim": 2048,
@@ -418,17 +453,29 @@ def read_diffusers_unet_config(cfg: dict) -> UNetConfig:
     ...     "projection_class_embeddings_input_dim": 2816, "in_channels": 4, "out_channels": 4}) == SDXL_BASE
     True
     """
-    widths, C = cfg["block_out_channels"], cfg["block_out_channels"][0]
+    widths = cfg["block_out_channels"]
+    levels = range(len(widths))
     per_level = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(widths)  # noqa: E731
-    layers, heads = per_level(cfg.get("transformer_layers_per_block", 1)), per_level(cfg["attention_head_dim"])
+    blocks, heads = per_level(cfg["layers_per_block"]), per_level(cfg["attention_head_dim"])
     attn = [t.startswith("CrossAttn") for t in cfg["down_block_types"]]
+    layers = per_level(cfg.get("transformer_layers_per_block", 1))
+    encoder = [d if a else 0 for i, a in zip(levels, attn) for d in per_level_block(layers[i], blocks[i])]
+    reverse = cfg.get("reverse_transformer_layers_per_block") or [layers[i] for i in reversed(levels)]
+    decoder = [d if a else 0 for i, a in zip(reversed(levels), reversed(attn))
+               for d in per_level_block(reverse[len(widths) - 1 - i], blocks[i] + 1)]
+    middle = {"UNetMidBlock2DCrossAttn": per_level_block(layers[-1], 1)[0], "UNetMidBlock2D": 0, None: None}[
+        cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")]
     head_dims = {w // h for w, h, a in zip(widths, heads, attn) if a}
     return UNetConfig(
-        model_channels=C, channel_mult=tuple(w // C for w in widths), num_res_blocks=cfg["layers_per_block"],
-        transformer_depth=tuple(n if a else 0 for n, a in zip(layers, attn)), transformer_depth_middle=layers[-1],
+        channels=tuple(widths), transformer_depth_middle=middle, **block_counts(blocks, encoder, decoder),
         num_head_channels=head_dims.pop() if len(head_dims) == 1 else 64, context_dim=cfg["cross_attention_dim"],
-        adm_in_channels=cfg["projection_class_embeddings_input_dim"], in_channels=cfg["in_channels"],
+        adm_in_channels=cfg.get("projection_class_embeddings_input_dim") or 0, in_channels=cfg["in_channels"],
         out_channels=cfg["out_channels"], norm_groups=cfg.get("norm_num_groups", 32))
+
+
+def per_level_block(depth: int | list[int], n: int) -> list[int]:
+    """A level's depth for each of its n blocks: diffusers gives one number or a list."""
+    return list(depth) if isinstance(depth, (list, tuple)) else [depth] * n
 
 
 def read_diffusers_vae_config(cfg: dict) -> VAEConfig:

@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 
 from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_ids, vector_y
-from .config import UNetConfig
 from .guidance import classifier_free_guidance, classifier_gradient, classifier_guidance, rescale_guidance
 from .samplers import SAMPLERS, Plan, Step, make_plan
 from .schedule import NoiseSchedule
@@ -374,23 +373,3 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images, rounding as diffusers does."""
     arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
     return [Image.fromarray(a) for a in arrays]
-
-
-def describe(config: UNetConfig) -> str:
-    """One line per level: channels and transformer depth.
-
-    >>> from sdxl_edu.config import SDXL_BASE
-    >>> print(describe(SDXL_BASE))
-    level 0: 320 channels, no attention
-    level 1: 640 channels, 2 transformer blocks per attention layer
-    level 2: 1280 channels, 10 transformer blocks per attention layer
-    middle: 1280 channels, 10 transformer blocks
-    """
-    lines = []
-    for level in range(config.num_levels):
-        depth = config.transformer_depth[level]
-        what = f"{depth} transformer blocks per attention layer" if depth else "no attention"
-        lines.append(f"level {level}: {config.level_channels(level)} channels, {what}")
-    lines.append(f"middle: {config.level_channels(config.num_levels - 1)} channels, "
-                 f"{config.transformer_depth_middle} transformer blocks")
-    return "\n".join(lines)

@@ -27,9 +27,9 @@ from .vae import AutoencoderKL
 WORDS = ["a", "photo", "of", "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle",
          "small", "large", "on", "the", "left", "right", "top", "bottom", "center", "cat", "blurry"]
 
-TOY_BASE = UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 2),
+TOY_BASE = UNetConfig(channels=(32, 64, 128), num_res_blocks=2, transformer_depth=(0, 1, 2),
                       transformer_depth_middle=2, num_head_channels=16, context_dim=48, adm_in_channels=1568)
-TOY_REFINER = UNetConfig(model_channels=32, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+TOY_REFINER = UNetConfig(channels=(32, 64, 128, 128), num_res_blocks=2,
                          transformer_depth=(0, 2, 2, 0), transformer_depth_middle=2, num_head_channels=16,
                          context_dim=40, adm_in_channels=1312)
 TOY_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)

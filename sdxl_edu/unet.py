@@ -26,7 +26,7 @@ released UNet loads with `load_state_dict(strict=True)` and no key map. The odd 
 
 >>> import torch
 >>> from sdxl_edu.config import UNetConfig
->>> cfg = UNetConfig(model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1),
+>>> cfg = UNetConfig(channels=(32, 64), transformer_depth=(0, 1),
 ...                  transformer_depth_middle=1, num_head_channels=16, context_dim=48,
 ...                  adm_in_channels=64)
 >>> unet = UNet(cfg)
@@ -236,36 +236,42 @@ class UNet(nn.Module):
             nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))) \
             if cfg.adm_in_channels else None
 
-        # Encoder: conv_in, then per level num_res_blocks x [ResBlock, (SpatialTransformer)],
+        # Encoder: conv_in, then per level one block per ResBlock, [ResBlock, (SpatialTransformer)],
         # then a Downsample except at the last level. skip_channels records what each block
         # hands to the decoder.
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, C, 3, padding=1))])
         skip_channels, ch = [C], C
-        for level in range(cfg.num_levels):
-            for _ in range(cfg.num_res_blocks):
+        for level, depths in enumerate(cfg.encoder_depths()):
+            for depth in depths:
                 layers = [res_block(ch, cfg.level_channels(level))]
                 ch = cfg.level_channels(level)
-                if cfg.transformer_depth[level]:
-                    layers.append(transformer(level, cfg.transformer_depth[level]))
+                if depth:
+                    layers.append(transformer(level, depth))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != cfg.num_levels - 1:
                 self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
                 skip_channels.append(ch)
 
-        self.middle_block = TimestepEmbedSequential(
-            res_block(ch, ch), transformer(cfg.num_levels - 1, cfg.transformer_depth_middle), res_block(ch, ch))
+        # The middle: [ResBlock, SpatialTransformer, ResBlock] in SDXL; a single ResBlock or
+        # nothing in some distilled variants (KOALA, Vega), which the config says with 0 or None.
+        self.middle_block = None
+        if cfg.transformer_depth_middle == 0:
+            self.middle_block = TimestepEmbedSequential(res_block(ch, ch))
+        elif cfg.transformer_depth_middle:
+            self.middle_block = TimestepEmbedSequential(
+                res_block(ch, ch), transformer(cfg.num_levels - 1, cfg.transformer_depth_middle), res_block(ch, ch))
 
-        # Decoder: per level (deepest first) num_res_blocks + 1 blocks, each reading one skip
-        # (concatenated on channels), the last one of a level ending in an Upsample.
+        # Decoder: per level (deepest first) one block more than the encoder, each reading one
+        # skip (concatenated on channels), the last one of a level ending in an Upsample.
         self.output_blocks = nn.ModuleList()
-        for level in reversed(range(cfg.num_levels)):
-            for i in range(cfg.num_res_blocks + 1):
+        for level, depths in zip(reversed(range(cfg.num_levels)), cfg.decoder_depths()):
+            for i, depth in enumerate(depths):
                 layers = [res_block(ch + skip_channels.pop(), cfg.level_channels(level))]
                 ch = cfg.level_channels(level)
-                if cfg.transformer_depth[level]:
-                    layers.append(transformer(level, cfg.transformer_depth[level]))
-                if level and i == cfg.num_res_blocks:
+                if depth:
+                    layers.append(transformer(level, depth))
+                if level and i == len(depths) - 1:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
@@ -288,7 +294,8 @@ class UNet(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        if self.middle_block is not None:
+            h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)

@@ -9,7 +9,7 @@ from tiny import parts, save
 def test_info_without_weights():
     out = subprocess.run([sys.executable, "-m", "sdxl_edu", "info"], capture_output=True, text=True, check=True).stdout
     assert "UNet 2,567M parameters, 86% in SpatialTransformers" in out
-    assert "level 0: 320 channels, no attention" in out and "SDXL refiner 1.0" in out
+    assert "encoder level 0: 320 channels, 2 blocks, no attention" in out and "SDXL refiner 1.0" in out
 
 
 def test_generate_from_a_checkpoint(tmp_path):

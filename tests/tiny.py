@@ -35,15 +35,39 @@ def to_diffusers(ours: torch.nn.Module, names: dict, theirs: torch.nn.Module) ->
     return theirs.eval()
 
 
-def save_diffusers_folder(folder: Path, p: dict, kind: str = "base") -> Path:
-    """Write `parts` as a diffusers pipeline folder (what `save_pretrained` produces)."""
+def diffusers_unet_config(c) -> dict:
+    """A diffusers `UNet2DConditionModel` config for one of our UNetConfigs (what
+    `read_diffusers_unet_config` reads back), for building diffusers' twin of a model."""
+    attn = [any(d) for d in c.encoder_depths()]
+    mid = {None: None, 0: "UNetMidBlock2D"}.get(c.transformer_depth_middle, "UNetMidBlock2DCrossAttn")
+    encoder = [[max(d, 1) for d in depths] for depths in c.encoder_depths()]
+    if c.transformer_depth_middle and encoder[-1][0] != c.transformer_depth_middle:
+        if attn[-1]:
+            raise ValueError("diffusers' middle block takes the depth of the last level's first block")
+        encoder[-1][0] = c.transformer_depth_middle
+    return dict(block_out_channels=list(c.channels), layers_per_block=[c.res_blocks(i) for i in range(c.num_levels)],
+                down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+                up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+                transformer_layers_per_block=encoder, mid_block_type=mid,
+                reverse_transformer_layers_per_block=[[max(d, 1) for d in depths] for depths in c.decoder_depths()],
+                attention_head_dim=[max(w // c.num_head_channels, 1) for w in c.channels],
+                cross_attention_dim=c.context_dim, use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=256, projection_class_embeddings_input_dim=c.adm_in_channels,
+                in_channels=c.in_channels, out_channels=c.out_channels, norm_num_groups=c.norm_groups)
+
+
+def save_diffusers_folder(folder: Path, p: dict, kind: str = "base", unet=None, unet_config=None) -> Path:
+    """Write `parts` as a diffusers pipeline folder (what `save_pretrained` produces); `unet`
+    is a diffusers UNet to save instead of a copy of ours (`unet_config`, its config)."""
     from diffusers import AutoencoderKL as DiffusersVAE
     from diffusers import UNet2DConditionModel
 
     from sdxl_edu.loading import diffusers_unet_names, diffusers_vae_names
 
-    to_diffusers(p["unet"], diffusers_unet_names(p["unet"].config),
-                 UNet2DConditionModel(**TINY[f"tiny_diffusers_{kind}_like"])).save_pretrained(folder / "unet")
+    if unet is None:
+        unet = to_diffusers(p["unet"], diffusers_unet_names(p["unet"].config),
+                            UNet2DConditionModel(**(unet_config or TINY[f"tiny_diffusers_{kind}_like"])))
+    unet.save_pretrained(folder / "unet")
     to_diffusers(p["vae"], diffusers_vae_names(p["vae"].config),
                  DiffusersVAE(**TINY["tiny_vae_diffusers"])).save_pretrained(folder / "vae")
     for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):

@@ -31,9 +31,9 @@ NANO_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
                   "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
                   "timestep_spacing": "trailing", "steps_offset": 0, "rescale_betas_zero_snr": True}
 
-NANO_BASE = UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 1),
+NANO_BASE = UNetConfig(channels=(32, 64, 128), num_res_blocks=2, transformer_depth=(0, 1, 1),
                        transformer_depth_middle=1, num_head_channels=32, context_dim=192, adm_in_channels=1664)
-NANO_REFINER = UNetConfig(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+NANO_REFINER = UNetConfig(channels=(32, 64, 64, 64), num_res_blocks=2,
                           transformer_depth=(0, 1, 1, 0), transformer_depth_middle=1, num_head_channels=32,
                           context_dim=128, adm_in_channels=1408)
 NANO_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
