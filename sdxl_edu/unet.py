@@ -65,10 +65,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype, as the original ResBlocks do
-    (statistics over many fp16 values lose precision)."""
+    (statistics over many fp16 values lose precision). The weights are cast too: PyTorch
+    refuses a float32 input with float16 weights, which is what a model loaded in fp16 has.
+
+    >>> norm = GroupNorm32(2, 4).half()
+    >>> norm(torch.randn(1, 4, 3, 3).half()).dtype
+    torch.float16
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                            self.eps).type(x.dtype)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -188,3 +188,13 @@ def test_micro_conditioning_needs_the_right_last_number(tmp_path):
     pipe = load_pipeline(save(tmp_path, parts("refiner")))
     y = vector_y(torch.zeros(1, 32), micro_conditioning_ids((64, 64), (0, 0), aesthetic_score=6.0))
     assert y.shape[1] == pipe.unet_config.adm_in_channels
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 0.02), (torch.bfloat16, 0.1)])
+def test_half_precision_generates_what_float32_does(tmp_path, dtype, tol):
+    """GroupNorm32 normalises in float32; with half-precision weights that needs the weights
+    cast too, or PyTorch refuses the mixed dtypes and nothing in half precision runs."""
+    path = save(tmp_path, parts("base"))
+    half = load_pipeline(path, dtype=dtype)("a red circle", num_inference_steps=2, seed=0, progress=False)
+    full = load_pipeline(path)("a red circle", num_inference_steps=2, seed=0, progress=False)
+    assert (half.latents.float() - full.latents).abs().max() < tol
