@@ -2,6 +2,7 @@
 
     python benchmarks/unet_speed.py            # mid-size SDXL-shaped config, CPU
     python benchmarks/unet_speed.py --full     # full SDXL base (needs a GPU or much patience)
+    python benchmarks/unet_speed.py --full --model refiner --device cuda --dtype float16
 
 Prints the median time of each and the ratio ours / diffusers (target: <= 1.0).
 """
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from diffusers import UNet2DConditionModel  # noqa: E402
 from tiny import diffusers_unet_config, randomize, to_diffusers  # noqa: E402
 
-from sdxl_edu.config import SDXL_BASE, UNetConfig  # noqa: E402
+from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, UNetConfig  # noqa: E402
 from sdxl_edu.loading import diffusers_unet_names  # noqa: E402
 from sdxl_edu.unet import UNet  # noqa: E402
 
@@ -38,14 +39,15 @@ def median_time(fn, repeats: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--full", action="store_true", help="full-size SDXL base")
+    parser.add_argument("--full", action="store_true", help="full-size SDXL (base unless --model refiner)")
+    parser.add_argument("--model", choices=["base", "refiner"], default="base")
     parser.add_argument("--size", type=int, default=64, help="latent height and width")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    config = SDXL_BASE if args.full else MID
+    config = {"base": SDXL_BASE, "refiner": SDXL_REFINER}[args.model] if args.full else MID
     dtype = getattr(torch, args.dtype)
     ours = randomize(UNet(config)).to(args.device, dtype)
     theirs = to_diffusers(ours, diffusers_unet_names(config), UNet2DConditionModel(**diffusers_unet_config(config)))
@@ -53,8 +55,9 @@ def main():
     b, s = args.batch, args.size
     x = torch.randn(b, 4, s, s, device=args.device, dtype=dtype)
     context = torch.randn(b, 77, config.context_dim, device=args.device, dtype=dtype)
-    pooled = torch.randn(b, config.adm_in_channels - 6 * 256, device=args.device, dtype=dtype)
-    ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * b, device=args.device)
+    sizes = [1024.0, 1024, 0, 0] + ([1024, 1024] if config.context_dim == 2048 else [6.0])  # refiner: aesthetic
+    pooled = torch.randn(b, config.adm_in_channels - len(sizes) * 256, device=args.device, dtype=dtype)
+    ids = torch.tensor([sizes] * b, device=args.device)
     from sdxl_edu.conditioning import vector_y
     y = vector_y(pooled, ids)
     t = torch.tensor([500] * b, device=args.device)
@@ -75,7 +78,7 @@ def main():
                 added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample).abs().max().item()
     ours_s, theirs_s = median_time(run_ours, args.repeats), median_time(run_theirs, args.repeats)
     params = sum(p.numel() for p in ours.parameters()) / 1e6
-    print(f"UNet {'SDXL base' if args.full else 'mid-size SDXL-shaped'} ({params:.0f}M params), batch {b}, "
+    print(f"UNet {'SDXL ' + args.model if args.full else 'mid-size SDXL-shaped'} ({params:.0f}M params), batch {b}, "
           f"latents {s}x{s}, {args.device} {args.dtype}, {torch.get_num_threads()} threads")
     print(f"max |ours - diffusers| = {diff:.2e}")
     print(f"ours      {ours_s * 1000:9.1f} ms")
