@@ -20,7 +20,7 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 from tiny import diffusers_unet_config, randomize, to_diffusers  # noqa: E402
 
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, UNetConfig  # noqa: E402
-from sdxl_edu.loading import diffusers_unet_names  # noqa: E402
+from sdxl_edu.loading.diffusers import diffusers_unet_names  # noqa: E402
 from sdxl_edu.unet import UNet  # noqa: E402
 
 MID = UNetConfig(channels=(128, 256, 512), transformer_depth=(0, 2, 4), transformer_depth_middle=4,

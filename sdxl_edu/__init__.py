@@ -5,7 +5,7 @@
 2048
 """
 
-from .checkpoint import CheckpointError
+from .loading.checkpoint import CheckpointError
 from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE, UNetConfig, VAEConfig
 from .loading import load_pipeline
 from .pipeline import Pipeline

@@ -87,7 +87,7 @@ class Conditioner(nn.Module):
 
     The base has both encoders; the refiner has only bigG (`text_encoder=None`).
 
-    >>> from sdxl_edu.toy import toy_parts
+    >>> from sdxl_edu.testing import toy_parts
     >>> p = toy_parts("base")
     >>> conditioner = Conditioner(p["tokenizer"], p["text_encoder"], p["tokenizer_2"], p["text_encoder_2"])
     >>> text = conditioner.encode_prompt(["a red circle", "a cat"])  # no negative prompt: zeros

@@ -48,7 +48,7 @@ class Pipeline:
 
     >>> import tempfile
     >>> from sdxl_edu import load_pipeline
-    >>> from sdxl_edu.toy import save_toy_checkpoint
+    >>> from sdxl_edu.testing import save_toy_checkpoint
     >>> pipe = load_pipeline(save_toy_checkpoint(tempfile.mkdtemp()))  # random weights, SDXL's layout
     >>> out = pipe(["a red circle", "a cat"], num_inference_steps=3, seed=0, progress=False, record=True)
     >>> len(out.images), out.latents.shape, len(out.steps)

@@ -51,7 +51,7 @@ def calibration_images(n: int = 12, size: int = 64, seed: int = 0) -> torch.Tens
 def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
     """Least-squares fit of RGB (average over each latent pixel's patch) on scaled latents.
 
-    >>> from sdxl_edu.toy import TOY_VAE
+    >>> from sdxl_edu.testing import TOY_VAE
     >>> from sdxl_edu.vae import AutoencoderKL
     >>> fit_latent_rgb(AutoencoderKL(TOY_VAE)).matrix.shape
     torch.Size([3, 4])

@@ -17,7 +17,7 @@ from sdxl_edu import CheckpointError, load_pipeline
 from sdxl_edu.__main__ import main as cli
 from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, UNetConfig
-from sdxl_edu.loading import diffusers_unet_names, read_diffusers_unet_config
+from sdxl_edu.loading.diffusers import diffusers_unet_names, read_diffusers_unet_config
 from sdxl_edu.unet import UNet
 
 TOL = 1e-4

@@ -6,8 +6,8 @@ from tiny import manifest
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, SDXL_VAE
-from sdxl_edu.loading import (detect_family, diffusers_unet_names, diffusers_vae_names, read_unet_config,
-                              read_vae_config, single_file_state_dict)
+from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
+from sdxl_edu.loading.single_file import detect_family, read_unet_config, read_vae_config, single_file_state_dict
 from sdxl_edu.unet import UNet
 from sdxl_edu.vae import AutoencoderKL
 

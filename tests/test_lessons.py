@@ -16,7 +16,7 @@ from sdxl_edu import lesson
 from sdxl_edu.config import SDXL_BASE
 from sdxl_edu.figures import execute, lesson_notebooks
 from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
-from sdxl_edu.toy import save_toy_checkpoint
+from sdxl_edu.testing import save_toy_checkpoint
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 NOTEBOOKS = lesson_notebooks(LESSONS)

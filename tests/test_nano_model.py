@@ -17,11 +17,13 @@ def nano():
 
 
 def test_default_pipeline_is_nano_through_the_released_sdxl_code_path(monkeypatch):
+    from sdxl_edu.loading import build, single_file
+
     calls = []
-    for name in ("load_single_file", "detect_family", "read_unet_config", "check_keys"):
-        original = getattr(sdxl_edu.loading, name)
-        monkeypatch.setattr(sdxl_edu.loading, name,
-                            lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for module, name in ((sdxl_edu.loading, "load_single_file"), (single_file, "detect_family"),
+                         (single_file, "read_unet_config"), (build, "check_keys")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     pipe = load_pipeline()
     assert calls[:3] == ["load_single_file", "detect_family", "read_unet_config"] and "check_keys" in calls
     assert pipe.kind == "base" and pipe.unet_config == NANO_BASE and pipe.source.endswith("nano_sdxl_base.safetensors")

@@ -7,7 +7,7 @@ from diffusers import UNet2DConditionModel
 from tiny import TINY, TINY_BASE, TINY_REFINER, TINY_VAE, randomize, to_diffusers
 
 from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
-from sdxl_edu.loading import diffusers_unet_names, diffusers_vae_names
+from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 from sdxl_edu.unet import UNet
 from sdxl_edu.vae import AutoencoderKL
 

@@ -11,7 +11,7 @@ from PIL import Image
 from tiny import DATA, TINY, parts, save, to_diffusers
 
 from sdxl_edu import load_pipeline
-from sdxl_edu.loading import diffusers_unet_names, diffusers_vae_names
+from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 
 RELEASED = json.loads((DATA / "scheduler_config.json").read_text())
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,

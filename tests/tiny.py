@@ -1,14 +1,14 @@
-"""Test helpers: the toy SDXL (sdxl_edu.toy), the released manifests, diffusers copies."""
+"""Test helpers: the toy SDXL (sdxl_edu.testing), the released manifests, diffusers copies."""
 
 import json
 from pathlib import Path
 
 import torch
 
-from sdxl_edu.toy import TOY_BASE as TINY_BASE  # noqa: F401  (the names the tests use)
-from sdxl_edu.toy import TOY_REFINER as TINY_REFINER  # noqa: F401
-from sdxl_edu.toy import TOY_VAE as TINY_VAE  # noqa: F401
-from sdxl_edu.toy import WORDS, bigg, clip_l, randomize, save_toy_checkpoint, tokenizers, toy_parts  # noqa: F401
+from sdxl_edu.testing import TOY_BASE as TINY_BASE  # noqa: F401  (the names the tests use)
+from sdxl_edu.testing import TOY_REFINER as TINY_REFINER  # noqa: F401
+from sdxl_edu.testing import TOY_VAE as TINY_VAE  # noqa: F401
+from sdxl_edu.testing import WORDS, bigg, clip_l, randomize, save_toy_checkpoint, tokenizers, toy_parts  # noqa: F401
 
 DATA = Path(__file__).parent / "data"
 TINY = json.loads((DATA / "tiny_test_configs.json").read_text())
@@ -62,7 +62,7 @@ def save_diffusers_folder(folder: Path, p: dict, kind: str = "base", unet=None, 
     from diffusers import AutoencoderKL as DiffusersVAE
     from diffusers import UNet2DConditionModel
 
-    from sdxl_edu.loading import diffusers_unet_names, diffusers_vae_names
+    from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 
     if unet is None:
         unet = to_diffusers(p["unet"], diffusers_unet_names(p["unet"].config),

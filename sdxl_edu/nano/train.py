@@ -45,7 +45,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..conditioning import vector_y
 from ..schedule import NoiseSchedule
-from ..text import build_clip_tokenizer, tokenize
+from ..text import tokenize
+from .tokenizers import build_clip_tokenizer
 from ..unet import UNet
 from ..vae import AutoencoderKL
 from . import BIGG_LIKE, CLIP_L_LIKE, NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, WEIGHTS
@@ -588,7 +589,7 @@ def stage_export(run: Run, vae, base: dict, refiner: UNet, classifier, evaluator
     and the two classifiers."""
     import safetensors.torch
 
-    from ..loading import save_single_file
+    from ..loading.single_file import save_single_file
 
     weights.mkdir(parents=True, exist_ok=True)
     vae.config = dataclasses.replace(vae.config, scaling_factor=vae.scaling_factor)

@@ -20,7 +20,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .config import UNetConfig, VAEConfig
-from .text import build_clip_tokenizer
+from .nano.tokenizers import build_clip_tokenizer
 from .unet import UNet
 from .vae import AutoencoderKL
 
@@ -86,7 +86,7 @@ def save_toy_checkpoint(folder, kind: str = "base", seed: int = 0, parts: dict |
                         name: str = "model.safetensors") -> Path:
     """Write a toy SDXL (or the given `parts`) as a single file in the released layout, with
     its tokenizers beside it; return the file's path."""
-    from .loading import save_single_file
+    from .loading.single_file import save_single_file
 
     p = parts or toy_parts(kind, seed)
     folder = Path(folder)
