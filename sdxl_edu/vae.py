@@ -56,14 +56,12 @@ class ResnetBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = normalize(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        return self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -113,19 +111,15 @@ class Level(nn.Module):
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(a, b, groups) for a, b in zip(channels, channels[1:]))
         self.attn = nn.ModuleList()  # SDXL has no attention inside the levels
-        if downsample:
-            self.downsample = Downsample(channels[-1])
-        if upsample:
-            self.upsample = Upsample(channels[-1])
+        # an encoder level may end in a Downsample, a decoder level in an Upsample; the
+        # identity (no tensors, so no keys in the checkpoint) stands where there is none
+        self.downsample = Downsample(channels[-1]) if downsample else nn.Identity()
+        self.upsample = Upsample(channels[-1]) if upsample else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.block:
             x = block(x)
-        if hasattr(self, "downsample"):
-            x = self.downsample(x)
-        if hasattr(self, "upsample"):
-            x = self.upsample(x)
-        return x
+        return self.upsample(self.downsample(x))
 
 
 class Mid(nn.Module):

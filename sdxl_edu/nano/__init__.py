@@ -19,11 +19,8 @@ take the layout from the noise instead of from the prompt's position words. See 
 card, `sdxl_edu/nano/MODEL_CARD.md`.
 """
 
-from pathlib import Path
-
 from ..config import UNetConfig, VAEConfig
-
-WEIGHTS = Path(__file__).parent / "weights"
+from ..loading import NANO_DIR as WEIGHTS
 BASE_FILE, REFINER_FILE = WEIGHTS / "nano_sdxl_base.safetensors", WEIGHTS / "nano_sdxl_refiner.safetensors"
 CLASSIFIER_FILE, EVALUATOR_FILE = WEIGHTS / "nano_classifier.safetensors", WEIGHTS / "nano_evaluator.safetensors"
 
