@@ -30,9 +30,13 @@ REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
 def model_source(kind: str = "base") -> str | None:
     """The checkpoint a lesson runs: `SDXL_EDU_MODEL` (base) or `SDXL_EDU_REFINER`, else nano.
 
-    >>> os.environ.pop("SDXL_EDU_MODEL", None) and None
-    >>> model_source("base") == str(BASE_FILE)
+    >>> from unittest import mock  # the environment as a reader might set it, for this example only
+    >>> with mock.patch.dict(os.environ, {"SDXL_EDU_MODEL": "", "SDXL_EDU_REFINER": ""}):
+    ...     model_source("base") == str(BASE_FILE)
     True
+    >>> with mock.patch.dict(os.environ, {"SDXL_EDU_MODEL": "sd_xl_base_1.0.safetensors", "SDXL_EDU_REFINER": ""}):
+    ...     model_source("refiner")  # the released base brings the released refiner with it
+    'stabilityai/stable-diffusion-xl-refiner-1.0'
     """
     if kind == "base":
         return os.environ.get("SDXL_EDU_MODEL") or str(BASE_FILE)
