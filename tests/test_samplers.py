@@ -101,11 +101,7 @@ def our_loop(name, n, noise, model, seed, config=None, **extra):
     kwargs = {"eta": extra["eta_"]} if "eta_" in extra else {}
 
     def denoise(x, sigma, t):
-        out = model(x / (sigma**2 + 1) ** 0.5, t)
-        if schedule.prediction_type == "v_prediction":  # v -> eps, in the sigma view
-            x0 = out * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
-            return (x - x0) / sigma
-        return out
+        return schedule.to_eps(model(x / (sigma**2 + 1) ** 0.5, t), x, sigma)
 
     x = SAMPLERS[name](denoise, x, plan, generator=torch.Generator().manual_seed(seed), **kwargs)
     return plan.from_sigma_view(x)
