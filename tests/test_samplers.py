@@ -10,7 +10,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from tiny import DATA
 
-from sdxl_edu.samplers import SAMPLERS, make_plan
+from sdxl_edu.samplers import SAMPLERS, Prediction, make_plan
 from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
@@ -129,3 +129,16 @@ def test_zero_terminal_snr_v_prediction_matches_diffusers():
         theirs = diffusers_loop(name, 10, noise, model, 3, config)
         ours = our_loop(name, 10, noise, model, 3, config)
         assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_every_sampler_takes_the_same_arguments_and_records_the_branches():
+    plan, seen = make_plan(NoiseSchedule(), "euler", 3), []
+
+    def denoise(x, sigma, t):  # a guided prediction: eps and the two branches it came from
+        return Prediction(torch.zeros_like(x), eps_cond=torch.ones_like(x), eps_uncond=-torch.ones_like(x))
+
+    for sampler in SAMPLERS.values():
+        seen.clear()
+        sampler(denoise, torch.randn(1, 4, 2, 2), plan, seen.append, torch.Generator().manual_seed(0), 0.0)
+        assert len(seen) == 3
+        assert all(bool((s.eps_cond == 1).all() and (s.eps_uncond == -1).all()) for s in seen)
