@@ -1,5 +1,6 @@
 """The pipeline: the loaded parts of SDXL and one generation, step by step.
 
+    arguments -> all checked before any work             (arguments.py)
     prompt -> tokens -> text encoders -> context, pooled  (conditioning.py, text.py)
                                    pooled + sizes -> y    (conditioning.py)
     noise -> sampler over denoise(x, sigma, t)            (samplers.py)
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
+from .arguments import check_pipeline_arguments
 from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_per_branch, unet_conditioning
 from .config import UNetConfig
 from .guidance import Guidance, guided_eps
@@ -66,6 +68,15 @@ class Pipeline:
     torch.Size([16, 16])
     >>> pipe.latent_preview(out.latents).shape  # a cheap look at latents, no VAE decode
     torch.Size([2, 3, 16, 16])
+
+    Every argument is checked before any work, and a bad one is named:
+
+    >>> pipe("a cat", strength=1.5)
+    Traceback (most recent call last):
+    ValueError: strength must be a number in [0, 1] (the fraction of the schedule img2img re-runs); got 1.5
+    >>> pipe.check_arguments(prompt="a cat", num_inference_steps=0)
+    Traceback (most recent call last):
+    ValueError: num_inference_steps must be a whole number >= 1; got 0
 
     A hook sees each generation start (attention capture learns the batch's layout so):
 
@@ -107,15 +118,6 @@ class Pipeline:
         """
         return self.conditioner.encode_prompt(prompts, negative_prompt, clip_skip,
                                               do_classifier_free_guidance, force_zeros)
-
-    @staticmethod
-    def _check_prompt_embeds(text: PromptEmbeddings, n_prompts: int, do_cfg: bool) -> None:
-        if text.context.shape[0] != n_prompts:
-            raise ValueError(f"prompt_embeds holds {text.context.shape[0]} prompts but {n_prompts} were given: "
-                             "pass the prompts they were encoded from")
-        if do_cfg and text.negative_context is None:
-            raise ValueError("guidance needs the unconditional branch: encode with do_classifier_free_guidance=True, "
-                             "or pass guidance_scale=1")
 
     def check_image_size(self, height: int, width: int) -> None:
         """Images must be a whole number of latent pixels: height and width divisible by 8."""
@@ -191,23 +193,18 @@ class Pipeline:
         every scale <= 1; here s = 0 gives the unconditional model, which lessons need). The
         micro-conditioning defaults are `conditioning.micro_conditioning_per_branch`'s.
         `prompt_embeds` (from `encode_prompt`, possibly edited) replaces the text encoders'
-        output; `prompt` then only names the tokens, for attention capture.
+        output; `prompt` then only names the tokens, for attention capture. Every argument is
+        checked before any work (`check_arguments`).
         """
+        self.check_arguments(**{name: value for name, value in locals().items() if name != "self"})
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts) * num_images_per_prompt
         if generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)
         init_latents = None if image is None else self._image_latents(image, batch, generator)
-        if self.kind == "refiner" and init_latents is None:
-            raise ValueError("the refiner refines an image: pass image= (a picture or the base's latents)")
-        if mask_image is not None and init_latents is None:
-            raise ValueError("inpainting needs the picture to keep: pass image= along with mask_image=")
         height, width = self._image_size(init_latents, height, width)
-        self.check_image_size(height, width)
         guidance = Guidance(guidance_scale, guidance_rescale, classifier, class_labels, classifier_scale)
 
-        if prompt_embeds is not None:
-            self._check_prompt_embeds(prompt_embeds, len(prompts), guidance.classifier_free)
         text = prompt_embeds if prompt_embeds is not None else self.encode_prompt(
             prompts, negative_prompt, clip_skip, guidance.classifier_free, force_zeros)
         ids, negative_ids = micro_conditioning_per_branch(
@@ -295,6 +292,13 @@ class Pipeline:
                 callback(step)
 
         return on_step
+
+    def check_arguments(self, **arguments) -> None:
+        """Refuse, before any work, every value `pipe(...)` cannot use, with a TypeError or
+        ValueError that names the argument, the value given and what it may be (see the class's
+        example and `sdxl_edu.arguments`). Takes `pipe(...)`'s arguments by name; those left
+        out take their defaults."""
+        check_pipeline_arguments(self, arguments)
 
     def _image_latents(self, image, batch: int, generator) -> torch.Tensor:
         """Scaled latents of a picture (PIL, or a tensor in [-1, 1]), or latents given as such
