@@ -196,7 +196,7 @@ class Pipeline:
         output; `prompt` then only names the tokens, for attention capture. Every argument is
         checked before any work (`check_arguments`).
         """
-        self.check_arguments(**{name: value for name, value in locals().items() if name != "self"})
+        self.check_arguments(**{k: v for k, v in locals().items() if k != "self"})  # locals(): the arguments
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts) * num_images_per_prompt
         if generator is None and seed is not None:
@@ -224,8 +224,8 @@ class Pipeline:
             hook(prompts, batch, guidance.classifier_free, latent_size)
         after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan)
         steps = [] if record else None
-        x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, self._on_step(steps, callback),
-                              generator, eta, progress, after_step)
+        x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, callback=self._on_step(steps, callback),
+                              generator=generator, eta=eta, progress=progress, after_step=after_step)
         out_latents = plan.from_sigma_view(x)
         images = out_latents if output_type == "latent" else self.decode(out_latents, output_type)
         return GenerationOutput(images, out_latents, steps)
