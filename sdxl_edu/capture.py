@@ -62,23 +62,23 @@ class AttentionCapture:
         self.prompts: list[str] = []
         self.step = -1
 
-    # ------------------------------------------------------------------ set-up, by the pipeline
+    # ------------------------------------------------------------------ set-up, through public hooks
 
     def __enter__(self):
         for name in self.cross_layers + self.self_layers:
             self.modules[name].probe = self._probe(name)
-        self._hook = self.pipe.unet.register_forward_pre_hook(self._next_step)
-        self.pipe._captures.append(self)
+        self._hooks = [self.pipe.unet.register_forward_pre_hook(self._next_step),
+                       self.pipe.register_generation_hook(self.start)]
         return self
 
     def __exit__(self, *exc):
         for name in self.cross_layers + self.self_layers:
             self.modules[name].probe = None
-        self._hook.remove()
-        self.pipe._captures.remove(self)
+        for hook in self._hooks:
+            hook.remove()
 
     def start(self, prompts: list[str], images: int, cfg: bool, latent_size: tuple[int, int]) -> None:
-        """Called by the pipeline before sampling: which prompts, how the batch is laid out."""
+        """The pipeline's generation hook: which prompts, how the batch is laid out."""
         self.prompts, self.images, self.cfg, self.latent_size = prompts, images, cfg, tuple(latent_size)
         self.images_per_prompt = images // len(prompts)
         self.step = -1

@@ -82,6 +82,64 @@ def vector_y(pooled: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([pooled, emb.to(pooled.dtype)], dim=-1)
 
 
+def micro_conditioning_per_branch(refiner: bool, height: int, width: int, original_size: tuple[int, int] | None = None,
+                                  crops_coords_top_left: tuple[int, int] = (0, 0),
+                                  target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
+                                  negative_original_size: tuple[int, int] | None = None,
+                                  negative_crops_coords_top_left: tuple[int, int] | None = None,
+                                  negative_target_size: tuple[int, int] | None = None,
+                                  negative_aesthetic_score: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-conditioning numbers of the conditional and the unconditional branch, with
+    diffusers' defaults: the original and target sizes are the image's (height, width); the
+    negative branch's sizes are the prompt's, and so is its crop, except on the refiner,
+    where it is (0, 0) as in diffusers. (diffusers' base pipeline switches its negative crop
+    to (0, 0) once negative sizes are given: pass negative_crops_coords_top_left to
+    reproduce that.)
+
+    >>> ids, negative_ids = micro_conditioning_per_branch(False, 64, 48, crops_coords_top_left=(4, 8))
+    >>> ids.tolist(), negative_ids.tolist()
+    ([64.0, 48.0, 4.0, 8.0, 64.0, 48.0], [64.0, 48.0, 4.0, 8.0, 64.0, 48.0])
+    >>> micro_conditioning_per_branch(True, 64, 64, crops_coords_top_left=(4, 8))[1].tolist()
+    [64.0, 64.0, 0.0, 0.0, 2.5]
+    """
+    original_size, target_size = original_size or (height, width), target_size or (height, width)
+    negative_crops = negative_crops_coords_top_left or ((0, 0) if refiner else crops_coords_top_left)
+    negative_original_size = negative_original_size or original_size
+    negative_target_size = negative_target_size or target_size
+    if refiner:
+        return (micro_conditioning_ids(original_size, crops_coords_top_left, aesthetic_score=aesthetic_score),
+                micro_conditioning_ids(negative_original_size, negative_crops,
+                                       aesthetic_score=negative_aesthetic_score))
+    return (micro_conditioning_ids(original_size, crops_coords_top_left, target_size=target_size),
+            micro_conditioning_ids(negative_original_size, negative_crops, target_size=negative_target_size))
+
+
+def unet_conditioning(text: PromptEmbeddings, ids: torch.Tensor, negative_ids: torch.Tensor, images_per_prompt: int,
+                      classifier_free: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's context and y for a whole generation: each prompt's embeddings repeated
+    for its images, y built per branch, and under classifier-free guidance the
+    unconditional branch first, [uncond; cond], the order `guidance.guided_eps` splits.
+
+    >>> text = PromptEmbeddings(torch.ones(2, 77, 8), torch.zeros(2, 77, 8), torch.ones(2, 4), torch.zeros(2, 4))
+    >>> ids = micro_conditioning_ids((64, 64), (0, 0), target_size=(64, 64))
+    >>> context, y = unet_conditioning(text, ids, ids, images_per_prompt=3, classifier_free=True)
+    >>> context.shape, y.shape, context[:6].abs().max().item()  # 2 x 3 unconditional, then 2 x 3 conditional
+    (torch.Size([12, 77, 8]), torch.Size([12, 1540]), 0.0)
+    """
+    context, y = _branch(text.context, text.pooled, ids, images_per_prompt)
+    if not classifier_free:
+        return context, y
+    negative_context, negative_y = _branch(text.negative_context, text.negative_pooled, negative_ids,
+                                           images_per_prompt)
+    return torch.cat([negative_context, context]), torch.cat([negative_y, y])
+
+
+def _branch(context: torch.Tensor, pooled: torch.Tensor, ids: torch.Tensor, repeats: int):
+    """One guidance branch: its embeddings repeated per image, and its y."""
+    context, pooled = context.repeat_interleave(repeats, 0), pooled.repeat_interleave(repeats, 0)
+    return context, vector_y(pooled, ids)
+
+
 class Conditioner(nn.Module):
     """The text side of SDXL: tokenizers, encoders and the context/pooled recipe.
 

@@ -25,6 +25,9 @@ shifts the noise prediction:
 
 It needs a separate classifier, trained on noise, and a backward pass through it per step.
 
+`guided_eps` puts the three together for one step of a sampler; `Guidance` holds what
+`pipe(...)` was asked for.
+
 >>> import torch
 >>> eps_u, eps_c = torch.zeros(3), torch.ones(3)
 >>> classifier_free_guidance(eps_u, eps_c, 1.0).tolist()  # s = 1: the conditional prediction
@@ -36,8 +39,11 @@ True
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from .samplers import Prediction
 
 Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | dict[str, torch.Tensor]]
 
@@ -96,3 +102,54 @@ def classifier_guidance(eps: torch.Tensor, gradient: torch.Tensor, sqrt_one_minu
     [-1.0, -1.0]
     """
     return eps - scale * sqrt_one_minus_alpha_bar * gradient
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How each step is steered: `pipe(...)`'s guidance arguments, together."""
+
+    scale: float = 5.0  # guidance_scale, s
+    rescale: float = 0.0  # guidance_rescale, phi
+    classifier: Classifier | None = None
+    class_labels: torch.Tensor | dict[str, torch.Tensor] | None = None
+    classifier_scale: float = 1.0
+
+    @property
+    def classifier_free(self) -> bool:
+        """Whether each step needs both branches: s = 1 is the conditional prediction alone."""
+        return self.scale != 1.0
+
+
+def guided_eps(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
+               t: torch.Tensor, guidance: Guidance, to_eps: Callable) -> Prediction:
+    """One step's steered noise prediction, for a sampler at state x (the sigma view):
+
+        x_t          = x / sqrt(sigma^2 + 1)                  the UNet's input
+        out_u, out_c = model([x_t; x_t], t)                   both branches in one batch
+        out          = out_u + s (out_c - out_u), rescaled by phi
+        eps          = to_eps(out) - s' sqrt(1 - ab_t) grad log p(y | x_t)
+
+    Guidance and its rescale act on the model's own output (v for a v-prediction model),
+    as in diffusers; `to_eps(out, x, sigma)` (`NoiseSchedule.to_eps`) converts afterwards,
+    in float32 whatever the UNet's dtype.
+
+    >>> model = lambda x_t, t: torch.tensor([[0.0], [1.0]])  # the UNet's two branches: eps_u = 0, eps_c = 1
+    >>> p = guided_eps(model, torch.zeros(1, 1), torch.tensor(1.0), torch.tensor(500.0), Guidance(scale=3.0),
+    ...                lambda out, x, sigma: out)
+    >>> p.eps_uncond.item(), p.eps_cond.item(), p.eps.item()  # 0 + 3 (1 - 0)
+    (0.0, 1.0, 3.0)
+    """
+    x_t = x / (sigma**2 + 1) ** 0.5
+    if guidance.classifier_free:
+        out_u, out_c = model(torch.cat([x_t, x_t]), t).chunk(2)
+        eps_uncond, eps_cond = to_eps(out_u.float(), x, sigma), to_eps(out_c.float(), x, sigma)
+        out = classifier_free_guidance(out_u, out_c, guidance.scale)
+        if guidance.rescale > 0:
+            out = rescale_guidance(out, out_c, guidance.rescale)
+    else:
+        out, eps_uncond, eps_cond = model(x_t, t), None, None
+    eps = to_eps(out.float(), x, sigma)
+    if guidance.classifier is not None:
+        grad = classifier_gradient(guidance.classifier, x_t, t.expand(x.shape[0]).to(x.device), guidance.class_labels)
+        eps = classifier_guidance(eps, grad, sigma / (sigma**2 + 1) ** 0.5, guidance.classifier_scale)
+    return Prediction(eps, eps_cond, eps_uncond)

@@ -1,9 +1,10 @@
 """The pipeline: the loaded parts of SDXL and one generation, step by step.
 
+    arguments -> all checked before any work             (arguments.py)
     prompt -> tokens -> text encoders -> context, pooled  (conditioning.py, text.py)
                                    pooled + sizes -> y    (conditioning.py)
     noise -> sampler over denoise(x, sigma, t)            (samplers.py)
-             denoise = UNet twice, guidance               (unet.py, guidance.py)
+             denoise = UNet twice, guidance, v -> eps     (unet.py, guidance.py, schedule.py)
           -> latents / scaling_factor -> VAE decode -> image   (vae.py)
 
 `load_pipeline` (loading.py) builds a `Pipeline`; its attribute and argument names follow
@@ -22,15 +23,19 @@ number. One call covers what diffusers splits over several pipelines:
   adding noise; or the refiner as img2img on a finished image (`strength=0.3`).
 """
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.hooks import RemovableHandle
 
-from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_ids, vector_y
-from .guidance import classifier_free_guidance, classifier_gradient, classifier_guidance, rescale_guidance
-from .samplers import SAMPLERS, Plan, Step, make_plan
+from .arguments import check_pipeline_arguments
+from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_per_branch, unet_conditioning
+from .guidance import Guidance, guided_eps
+from .samplers import SAMPLERS, Denoise, Plan, Step, make_plan
 from .schedule import NoiseSchedule
 from .unet import UNet
 from .vae import AutoencoderKL
@@ -62,6 +67,22 @@ class Pipeline:
     torch.Size([16, 16])
     >>> pipe.latent_preview(out.latents).shape  # a cheap look at latents, no VAE decode
     torch.Size([2, 3, 16, 16])
+
+    Every argument is checked before any work, and a bad one is named:
+
+    >>> pipe("a cat", strength=1.5)
+    Traceback (most recent call last):
+    ValueError: strength must be a number in [0, 1] (the fraction of the schedule img2img re-runs); got 1.5
+    >>> pipe.check_arguments(prompt="a cat", num_inference_steps=0)
+    Traceback (most recent call last):
+    ValueError: num_inference_steps must be a whole number >= 1; got 0
+
+    A hook sees each generation start (attention capture learns the batch's layout so):
+
+    >>> handle = pipe.register_generation_hook(lambda prompts, images, cfg, size: print(images, cfg, size))
+    >>> _ = pipe(["a cat", "a dog"], num_inference_steps=1, progress=False)
+    2 True (16, 16)
+    >>> handle.remove()
     """
 
     def __init__(self, unet: UNet, vae: AutoencoderKL, conditioner: Conditioner, kind: str = "base",
@@ -71,7 +92,7 @@ class Pipeline:
         self.schedule = NoiseSchedule.from_config(scheduler_config)
         self.source = source
         self.default_size = default_size or 128 * (vae.config.downsampling_factor if vae is not None else 8)
-        self._captures = []  # active AttentionCapture objects (see capture_attention)
+        self._generation_hooks = OrderedDict()  # see register_generation_hook
 
     # diffusers-style names for the parts
     unet_config = property(lambda self: self.unet.config, doc="The UNetConfig read from the checkpoint.")
@@ -96,15 +117,6 @@ class Pipeline:
         """
         return self.conditioner.encode_prompt(prompts, negative_prompt, clip_skip,
                                               do_classifier_free_guidance, force_zeros)
-
-    @staticmethod
-    def _check_prompt_embeds(text: PromptEmbeddings, n_prompts: int, do_cfg: bool) -> None:
-        if text.context.shape[0] != n_prompts:
-            raise ValueError(f"prompt_embeds holds {text.context.shape[0]} prompts but {n_prompts} were given: "
-                             "pass the prompts they were encoded from")
-        if do_cfg and text.negative_context is None:
-            raise ValueError("guidance needs the unconditional branch: encode with do_classifier_free_guidance=True, "
-                             "or pass guidance_scale=1")
 
     def check_image_size(self, height: int, width: int) -> None:
         """Images must be a whole number of latent pixels: height and width divisible by 8."""
@@ -141,9 +153,20 @@ class Pipeline:
         `layers`: substrings of the cross-attention layers to probe (all by default);
         see `sdxl_edu.capture` for what is kept.
         """
-        from .capture import AttentionCapture
+        from .capture import AttentionCapture  # capture builds on the pipeline, not the reverse
 
         return AttentionCapture(self, layers, per_layer, per_step, self_attention)
+
+    def register_generation_hook(self, hook: Callable[[list[str], int, bool, tuple[int, int]], None]
+                                 ) -> RemovableHandle:
+        """Call `hook(prompts, images, classifier_free, latent_size)` as each generation starts,
+        before its first step; `handle.remove()` detaches it (as torch's module hooks do).
+        With classifier-free guidance the UNet's batch is [unconditional; conditional], each
+        `images` long: what `sdxl_edu.capture` needs to know to keep the conditional half.
+        """
+        handle = RemovableHandle(self._generation_hooks)
+        self._generation_hooks[handle.id] = hook
+        return handle
 
     # ------------------------------------------------------------------------- generation
 
@@ -166,94 +189,59 @@ class Pipeline:
         """Generate (or, with `image=`, transform) images; see the module docstring.
 
         Classifier-free guidance runs whenever guidance_scale != 1 (diffusers skips it for
-        every scale <= 1; here s = 0 gives the unconditional model, which lessons need).
-        The negative branch's sizes default to the prompt's; its crop too, except on the
-        refiner, where it defaults to (0, 0) as in diffusers. (diffusers' base pipeline
-        switches its negative crop to (0, 0) once negative sizes are given: pass
-        negative_crops_coords_top_left to reproduce that.)
-
+        every scale <= 1; here s = 0 gives the unconditional model, which lessons need). The
+        micro-conditioning defaults are `conditioning.micro_conditioning_per_branch`'s.
         `prompt_embeds` (from `encode_prompt`, possibly edited) replaces the text encoders'
-        output; `prompt` then only names the tokens, for attention capture.
+        output; `prompt` then only names the tokens, for attention capture. Every argument is
+        checked before any work (`check_arguments`).
         """
+        self.check_arguments(**{k: v for k, v in locals().items() if k != "self"})  # locals(): the arguments
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts) * num_images_per_prompt
         if generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)
         init_latents = None if image is None else self._image_latents(image, batch, generator)
-        if self.kind == "refiner" and init_latents is None:
-            raise ValueError("the refiner refines an image: pass image= (a picture or the base's latents)")
-        if mask_image is not None and init_latents is None:
-            raise ValueError("inpainting needs the picture to keep: pass image= along with mask_image=")
-        if init_latents is not None:
-            height, width = (d * self.vae_scale_factor for d in init_latents.shape[-2:])
-        height, width = height or self.default_size, width or self.default_size
-        self.check_image_size(height, width)
+        height, width = self._image_size(init_latents, height, width)
+        guidance = Guidance(guidance_scale, guidance_rescale, classifier, class_labels, classifier_scale)
 
-        do_cfg = guidance_scale != 1.0
-        if prompt_embeds is None:
-            text = self.encode_prompt(prompts, negative_prompt, clip_skip, do_cfg, force_zeros)
-        else:
-            self._check_prompt_embeds(prompt_embeds, len(prompts), do_cfg)
-            text = prompt_embeds
-        sizes = dict(original_size=original_size or (height, width), crops=crops_coords_top_left,
-                     target_size=target_size or (height, width))
-        negative_sizes = dict(original_size=negative_original_size or sizes["original_size"],
-                              crops=negative_crops_coords_top_left
-                              or ((0, 0) if self.kind == "refiner" else crops_coords_top_left),
-                              target_size=negative_target_size or sizes["target_size"])
-        context, y = self._conditioning(text.context, text.pooled, sizes, aesthetic_score, num_images_per_prompt)
-        if do_cfg:
-            neg_context, neg_y = self._conditioning(text.negative_context, text.negative_pooled, negative_sizes,
-                                                    negative_aesthetic_score, num_images_per_prompt)
-            context, y = torch.cat([neg_context, context]), torch.cat([neg_y, y])
+        text = prompt_embeds if prompt_embeds is not None else self.encode_prompt(
+            prompts, negative_prompt, clip_skip, guidance.classifier_free, force_zeros)
+        ids, negative_ids = micro_conditioning_per_branch(
+            self.kind == "refiner", height, width, original_size, crops_coords_top_left, target_size,
+            aesthetic_score, negative_original_size, negative_crops_coords_top_left, negative_target_size,
+            negative_aesthetic_score)
+        context, y = self._conditioning(text, ids, negative_ids, num_images_per_prompt, guidance.classifier_free)
 
-        plan = self._plan(sampler, num_inference_steps, use_karras_sigmas, init_latents is not None, strength,
+        plan = self._plan(sampler, num_inference_steps, use_karras_sigmas, image is not None, strength,
                           denoising_start, denoising_end)
-        shape = (batch, self.unet_config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        noise = latents if latents is not None else _randn(shape, generator)
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = latents if latents is not None else _randn((batch, self.unet_config.in_channels, *latent_size),
+                                                           generator)
         noise = noise.to(self.device, torch.float32)
-        if init_latents is None:
-            x = noise * plan.init_noise_sigma
-        elif denoising_start is not None:  # the hand-off: continue from the given latents as they are
-            x = plan.to_sigma_view(init_latents)
-        else:
-            x = init_latents + plan.sigmas[0] * noise
-
-        for capture in self._captures:
-            capture.start(prompts, batch, do_cfg, shape[-2:])
-        denoise, branches = self._denoiser(context, y, guidance_scale, guidance_rescale, do_cfg, classifier,
-                                           class_labels, classifier_scale)
+        x = self._first_x(plan, noise, init_latents, denoising_start)
+        for hook in list(self._generation_hooks.values()):
+            hook(prompts, batch, guidance.classifier_free, latent_size)
+        after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan)
         steps = [] if record else None
-        after_step = None
-        if mask_image is not None:
-            after_step = self._inpainting_blend(mask_image, init_latents, noise, plan)
-
-        def on_step(step: Step):
-            step.eps_uncond, step.eps_cond = branches.get("uncond"), branches.get("cond")
-            if steps is not None:
-                steps.append(Step(**{k: v.detach().cpu() if torch.is_tensor(v) else v
-                                     for k, v in step.__dict__.items()}))
-            if callback is not None:
-                callback(step)
-
-        kwargs = {"eta": eta} if sampler == "ddim" else {}
-        x = SAMPLERS[sampler](denoise, x, plan, callback=on_step, generator=generator, progress=progress,
-                              after_step=after_step, **kwargs)
+        x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, callback=self._on_step(steps, callback),
+                              generator=generator, eta=eta, progress=progress, after_step=after_step)
         out_latents = plan.from_sigma_view(x)
         images = out_latents if output_type == "latent" else self.decode(out_latents, output_type)
         return GenerationOutput(images, out_latents, steps)
 
-    def _conditioning(self, context, pooled, sizes, aesthetic_score, repeats):
-        """Repeat the text embeddings per image and build y for one guidance branch."""
-        context, pooled = context.repeat_interleave(repeats, 0), pooled.repeat_interleave(repeats, 0)
-        if self.kind == "refiner":
-            ids = micro_conditioning_ids(sizes["original_size"], sizes["crops"], aesthetic_score=aesthetic_score)
-        else:
-            ids = micro_conditioning_ids(sizes["original_size"], sizes["crops"], target_size=sizes["target_size"])
-        y = vector_y(pooled, ids)
+    def _image_size(self, init_latents: torch.Tensor | None, height: int | None, width: int | None):
+        """(height, width) in pixels: the input image's if there is one, else as asked or the default."""
+        if init_latents is not None:
+            return tuple(d * self.vae_scale_factor for d in init_latents.shape[-2:])
+        return height or self.default_size, width or self.default_size
+
+    def _conditioning(self, text: PromptEmbeddings, ids, negative_ids, images_per_prompt: int,
+                      classifier_free: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's context and y (`conditioning.unet_conditioning`), checked against the UNet."""
+        context, y = unet_conditioning(text, ids, negative_ids, images_per_prompt, classifier_free)
         if y.shape[1] != self.unet_config.adm_in_channels:
             raise ValueError(f"the UNet expects a conditioning vector of {self.unet_config.adm_in_channels} numbers, "
-                             f"got {y.shape[1]} (pooled {pooled.shape[1]} + {len(ids)} x 256)")
+                             f"got {y.shape[1]} (pooled {text.pooled.shape[1]} + {len(ids)} x 256)")
         return context.to(self.dtype), y.to(self.dtype)
 
     def _plan(self, sampler, steps, karras, img2img, strength, denoising_start, denoising_end) -> Plan:
@@ -274,37 +262,42 @@ class Pipeline:
                              f"{denoising_start}, denoising_end={denoising_end} leave no timestep")
         return plan
 
-    def _denoiser(self, context, y, guidance_scale, guidance_rescale, do_cfg, classifier, class_labels,
-                  classifier_scale):
-        """denoise(x, sigma, t) -> eps for the samplers: the UNet on x_t = x / sqrt(sigma^2 + 1),
-        both guidance branches in one batch, guidance, v -> eps. `branches` keeps the last
-        step's two predictions for the callback."""
-        branches = {}
-        v_prediction = self.schedule.prediction_type == "v_prediction"
+    @staticmethod
+    def _first_x(plan: Plan, noise: torch.Tensor, init_latents: torch.Tensor | None,
+                 denoising_start: float | None) -> torch.Tensor:
+        """Where sampling starts: noise at the plan's first sigma; a picture's latents noised to
+        it (img2img); or, at the hand-off, the given latents as they are."""
+        if init_latents is None:
+            return noise * plan.init_noise_sigma
+        if denoising_start is not None:
+            return plan.to_sigma_view(init_latents)
+        return init_latents + plan.sigmas[0] * noise
 
-        def to_eps(out, x, sigma):
-            if not v_prediction:
-                return out.float()
-            x0 = out.float() * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
-            return (x - x0) / sigma
+    def _denoiser(self, context: torch.Tensor, y: torch.Tensor, guidance: Guidance) -> Denoise:
+        """denoise(x, sigma, t) for the samplers: the UNet on this generation's context and y,
+        guided (`guidance.guided_eps`), its output read as eps (`NoiseSchedule.to_eps`)."""
+        def unet(x_t, t):
+            return self.unet(x_t.to(self.dtype), t.to(self.device), context, y)
 
-        def denoise(x, sigma, t):
-            x_t = (x / (sigma**2 + 1) ** 0.5).to(self.dtype)
-            n = x.shape[0]
-            out = self.unet(torch.cat([x_t, x_t]) if do_cfg else x_t, t.to(self.device), context, y)
-            if do_cfg:
-                out_u, out_c = out.chunk(2)
-                branches["uncond"], branches["cond"] = to_eps(out_u, x, sigma), to_eps(out_c, x, sigma)
-                out = classifier_free_guidance(out_u, out_c, guidance_scale)
-                if guidance_rescale > 0:
-                    out = rescale_guidance(out, out_c, guidance_rescale)
-            eps = to_eps(out, x, sigma)
-            if classifier is not None:
-                grad = classifier_gradient(classifier, x_t.float(), t.expand(n).to(self.device), class_labels)
-                eps = classifier_guidance(eps, grad, sigma / (sigma**2 + 1) ** 0.5, classifier_scale)
-            return eps
+        return lambda x, sigma, t: guided_eps(unet, x, sigma, t, guidance, self.schedule.to_eps)
 
-        return denoise, branches
+    @staticmethod
+    def _on_step(steps: list[Step] | None, callback):
+        """The samplers' callback: keep a CPU copy of each step when recording, then call the caller's."""
+        def on_step(step: Step):
+            if steps is not None:
+                steps.append(step.detached())
+            if callback is not None:
+                callback(step)
+
+        return on_step
+
+    def check_arguments(self, **arguments) -> None:
+        """Refuse, before any work, every value `pipe(...)` cannot use, with a TypeError or
+        ValueError that names the argument, the value given and what it may be (see the class's
+        example and `sdxl_edu.arguments`). Takes `pipe(...)`'s arguments by name; those left
+        out take their defaults."""
+        check_pipeline_arguments(self, arguments)
 
     def _image_latents(self, image, batch: int, generator) -> torch.Tensor:
         """Scaled latents of a picture (PIL, or a tensor in [-1, 1]), or latents given as such

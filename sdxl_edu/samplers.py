@@ -2,16 +2,21 @@
 
 All samplers here share one signature (k-diffusion's, Crowson 2022):
 
-    x = sampler(denoise, x, plan, callback=None, generator=None)
+    x = sampler(denoise, x, plan, callback=None, generator=None, eta=0.0, progress=False, after_step=None)
 
-- `denoise(x, sigma, t) -> eps` is the model's noise prediction (built by the pipeline:
-  the UNet, classifier-free guidance, classifier guidance all live there; a sampler knows
-  nothing of text);
+- `denoise(x, sigma, t) -> eps` is the model's noise prediction (built by the pipeline from
+  the UNet and `sdxl_edu.guidance`; a sampler knows nothing of text). It may instead return
+  a `Prediction`, which also carries the two classifier-free guidance branches for the
+  step record;
 - `x` is the latent in the "sigma" view of `sdxl_edu.schedule`: x = x_0 + sigma eps, so the
   model's estimate of the clean latent is simply x0_hat = x - sigma eps_hat;
 - `plan` holds the timesteps and sigmas to visit (`make_plan`);
-- `callback(step)` sees every step: index, t, sigma, x, the UNet's input x_t, eps_hat and
-  x0_hat (a `Step`); `after_step(x, i) -> x`, if given, may change the state after a step.
+- `callback(step)` sees every step: index, t, sigma, x, the UNet's input x_t, eps_hat,
+  x0_hat and the guidance branches (a `Step`); `after_step(x, i) -> x`, if given, may change
+  the state after a step;
+- `eta` is DDIM's amount of fresh noise; the others fix their own (none for Euler and
+  DPM++ 2M, all of it for Euler ancestral and DDPM) and ignore it, so that one call
+  serves every sampler.
 
 Written this way, the classic samplers turn out to be a few lines each, and close kin:
 
@@ -34,11 +39,15 @@ name exactly (`make_plan`), so a run here ends where the diffusers loop ends.
 >>> out = euler(lambda x, sigma, t: (x - x0) / sigma, plan.init_noise_sigma * torch.randn(1, 4, 2, 2), plan)
 >>> torch.allclose(out, x0)
 True
+>>> [torch.allclose(f(lambda x, sigma, t: (x - x0) / sigma, torch.randn(1, 4, 2, 2), plan, eta=0.0), x0, atol=1e-5)
+...  for f in SAMPLERS.values()]  # one call for every sampler
+[True, True, True, True, True]
 """
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +55,18 @@ from tqdm.auto import tqdm
 
 from .schedule import NoiseSchedule, karras_sigmas
 
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Prediction(NamedTuple):
+    """What a denoiser may return instead of a bare eps: eps after guidance and, under
+    classifier-free guidance, the two branches it was made from (for the step record)."""
+
+    eps: torch.Tensor
+    eps_cond: torch.Tensor | None = None
+    eps_uncond: torch.Tensor | None = None
+
+
+Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | Prediction]
 
 
 @dataclass
@@ -139,7 +159,16 @@ class Step:
     eps: torch.Tensor  # predicted noise (after guidance)
     x0: torch.Tensor  # predicted clean latent
     eps_cond: torch.Tensor | None = None  # the two classifier-free guidance branches,
-    eps_uncond: torch.Tensor | None = None  # filled in by the pipeline
+    eps_uncond: torch.Tensor | None = None  # when the denoiser returns a Prediction
+
+    def detached(self) -> "Step":
+        """A copy to keep: every tensor detached and on the CPU.
+
+        >>> step = Step(0, 1.0, 0.5, *[torch.zeros(1, requires_grad=True)] * 4)
+        >>> step.detached().x.requires_grad, step.detached().eps_cond
+        (False, None)
+        """
+        return Step(**{k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
 
 
 def _walk(plan: Plan, progress: bool):
@@ -149,14 +178,16 @@ def _walk(plan: Plan, progress: bool):
 
 
 def _predict(denoise: Denoise, x: torch.Tensor, t: float, sigma: float, i: int, callback):
-    eps = denoise(x, torch.tensor(sigma), torch.tensor(t))
+    """eps_hat and x0_hat = x - sigma eps_hat at one step, shown to the callback."""
+    prediction = denoise(x, torch.tensor(sigma), torch.tensor(t))
+    eps, eps_cond, eps_uncond = prediction if isinstance(prediction, Prediction) else (prediction, None, None)
     x0 = x - sigma * eps
     if callback is not None:
-        callback(Step(i, t, sigma, x, x / math.sqrt(sigma**2 + 1), eps, x0))
+        callback(Step(i, t, sigma, x, x / math.sqrt(sigma**2 + 1), eps, x0, eps_cond, eps_uncond))
     return eps, x0
 
 
-def euler(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
+def euler(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None, eta: float = 0.0,
           progress: bool = False, after_step=None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = eps_hat(x, sigma).
 
@@ -170,8 +201,8 @@ def euler(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generato
     return x
 
 
-def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-         eta: float = 0.0, progress: bool = False, after_step=None) -> torch.Tensor:
+def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None, eta: float = 0.0,
+         progress: bool = False, after_step=None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), written in the sigma view.
 
         sigma_up   = eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)
@@ -198,13 +229,13 @@ def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator
 
 
 def euler_ancestral(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
-                    progress: bool = False, after_step=None) -> torch.Tensor:
+                    eta: float = 0.0, progress: bool = False, after_step=None) -> torch.Tensor:
     """Euler down to sigma_down, then fresh noise up to sigma_next: DDIM with eta = 1 on
     Euler's grid. The fresh noise keeps the result changing with the step count."""
     return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress, after_step=after_step)
 
 
-def ddpm(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
+def ddpm(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None, eta: float = 0.0,
          progress: bool = False, after_step=None) -> torch.Tensor:
     """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2; respaced to fewer steps):
     sample x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat). Its mean and variance are
@@ -212,7 +243,7 @@ def ddpm(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator
     return ddim(denoise, x, plan, callback, generator, eta=1.0, progress=progress, after_step=after_step)
 
 
-def dpmpp_2m(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None,
+def dpmpp_2m(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator=None, eta: float = 0.0,
              progress: bool = False, after_step=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), in k-diffusion's form.
 

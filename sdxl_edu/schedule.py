@@ -141,6 +141,17 @@ class NoiseSchedule:
         alpha_bar = self.alphas_cumprod.to(x0.device)[t.long()].reshape(-1, *[1] * (x0.ndim - 1))
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
+    def to_eps(self, out: torch.Tensor, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The UNet's output as a noise prediction: as it is for an epsilon model, through
+        `v_to_eps` for a v-prediction one (x is the sampler's state in the sigma view).
+
+        >>> out, x = torch.ones(1), torch.zeros(1)
+        >>> NoiseSchedule().to_eps(out, x, 1.0).tolist(), NoiseSchedule(prediction_type="v_prediction").to_eps(
+        ...     out, x, 1.0).tolist()
+        ([1.0], [0.7071...])
+        """
+        return v_to_eps(out, x, sigma) if self.prediction_type == "v_prediction" else out
+
     def timesteps(self, num_inference_steps: int, spacing: str | None = None) -> torch.Tensor:
         """Which training timesteps a run of `num_inference_steps` visits, high to low.
 
@@ -184,6 +195,29 @@ class NoiseSchedule:
         low = np.clip(np.cumsum(log_sigma - log_sigmas[:, None] >= 0, axis=0).argmax(axis=0), None, len(log_sigmas) - 2)
         w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
         return (1 - w) * low + w * (low + 1)
+
+
+def v_to_eps(v: torch.Tensor, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """The noise prediction of a v-prediction model (Salimans & Ho 2022), in the sigma view.
+
+    With x = x0 + sigma eps and the UNet's input x_t = x / sqrt(sigma^2 + 1), the schedule's
+    sqrt(alpha_bar) = 1 / sqrt(sigma^2 + 1) and sqrt(1 - alpha_bar) = sigma / sqrt(sigma^2 + 1), so
+    v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 gives
+
+        x0_hat  = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v
+        eps_hat = (x - x0_hat) / sigma
+
+    The samplers then treat every model as an epsilon model.
+
+    >>> s, t = NoiseSchedule(), torch.tensor([500])
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x0, eps = torch.randn(1, 4, 2, 2, generator=g), torch.randn(1, 4, 2, 2, generator=g)
+    >>> v, sigma = s.v_target(x0, t, eps), s.sigmas[500]
+    >>> torch.allclose(v_to_eps(v, x0 + sigma * eps, sigma), eps, atol=1e-5)
+    True
+    """
+    x0 = v * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+    return (x - x0) / sigma
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:

@@ -136,6 +136,65 @@ def test_errors(pipe, refiner):
         run(pipe, image=Image.new("RGB", (64, 64)), strength=0.1)
 
 
+PICTURE = Image.new("RGB", (64, 64), (200, 40, 40))
+BAD_ARGUMENTS = [  # what a new user tries; each refused, naming the argument, the value and what it may be
+    (dict(num_inference_steps=0), ValueError, r"num_inference_steps must be a whole number >= 1; got 0"),
+    (dict(num_inference_steps=2.5), TypeError, r"num_inference_steps must be a whole number >= 1; got 2.5"),
+    (dict(image=PICTURE, strength=1.5), ValueError, r"strength must be a number in \[0, 1\] .*; got 1.5"),
+    (dict(image=PICTURE, strength=-0.1), ValueError, r"strength must be a number in \[0, 1\] .*; got -0.1"),
+    (dict(denoising_end=1.5), ValueError, r"denoising_end must be a number in \(0, 1\) .*; got 1.5"),
+    (dict(denoising_end=0), ValueError, r"denoising_end must be a number in \(0, 1\) .*; got 0"),
+    (dict(denoising_start=0.5), ValueError, r"denoising_start=0.5 continues a run: pass image="),
+    (dict(image=PICTURE, denoising_start=0.9, denoising_end=0.8), ValueError,
+     r"denoising_start \(0.9\) must be below denoising_end \(0.8\)"),
+    (dict(height=-64), ValueError, r"height must be a whole number >= 1; got -64"),
+    (dict(width="64"), TypeError, r"width must be a whole number >= 1 or None; got '64'"),
+    (dict(guidance_scale=float("nan")), ValueError, r"guidance_scale must be a finite number; got nan"),
+    (dict(guidance_rescale=1.5), ValueError, r"guidance_rescale must be a number in \[0, 1\] .*; got 1.5"),
+    (dict(sampler="ddim", eta=2.0), ValueError, r"eta must be a number in \[0, 1\] .*; got 2.0"),
+    (dict(eta=0.5), ValueError, r"eta=0.5 is DDIM's, but sampler='euler' fixes its own noise"),
+    (dict(use_karras_sigmas=True), ValueError, r"use_karras_sigmas=True is implemented for sampler='dpmpp_2m' only"),
+    (dict(num_images_per_prompt=0), ValueError, r"num_images_per_prompt must be a whole number >= 1; got 0"),
+    (dict(output_type="png"), ValueError, r"unknown output_type 'png': output_type must be one of"),
+    (dict(clip_skip=5), ValueError, r"clip_skip must be a whole number in \[0, 4\] .*; got 5"),
+    (dict(original_size=(64,)), TypeError, r"original_size must be a pair \(height, width\) .*; got \(64,\)"),
+    (dict(crops_coords_top_left=(-4, 0)), ValueError, r"crops_coords_top_left must be a pair \(top, left\) of "
+     r"pixel counts >= 0; got \(-4, 0\)"),
+    (dict(class_labels=torch.tensor([1])), ValueError, r"class_labels was given without classifier"),
+    (dict(latents=torch.zeros(1, 4, 8, 8)), ValueError, r"latents must have shape \(1, 4, 16, 16\) .*; "
+     r"got \(1, 4, 8, 8\)"),
+    (dict(prompt=3), TypeError, r"prompt must be a string or a list of strings; got 3 \(int\)"),
+    (dict(record="yes"), TypeError, r"record must be True or False; got 'yes' \(str\)"),
+    (dict(seed=1.5), TypeError, r"seed must be a whole number or None; got 1.5 \(float\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD_ARGUMENTS,
+                         ids=[" ".join(f"{k}={v!r:.16}" for k, v in kw.items() if k != "image")
+                              for kw, _, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_before_any_work(pipe, kwargs, error, message):
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append(m)) for m in (pipe.unet, pipe.text_encoder_2)]
+    try:
+        with pytest.raises(error, match=message):
+            run(pipe, **kwargs)
+        assert calls == []  # neither the text encoders nor the UNet ran
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_bad_arguments_are_refused_by_name(pipe, refiner):
+    text = pipe.encode_prompt("a red circle")
+    with pytest.raises(ValueError, match="negative_prompt is not used with prompt_embeds"):
+        run(pipe, prompt_embeds=text, negative_prompt="blurry")
+    with pytest.raises(ValueError, match=r"denoising_start must be a number in \(0, 1\) .*; got 1.0"):
+        run(refiner, image=PICTURE, denoising_start=1.0)
+    with pytest.raises(TypeError, match=r"pipe\(\) got unexpected arguments \['guidance'\]"):
+        pipe.check_arguments(prompt="a cat", guidance=7.0)
+    pipe.check_arguments(prompt="a cat", image=PICTURE, strength=1.0, denoising_end=0.8)  # all allowed
+
+
 def test_latent_preview_recovers_a_linear_colour_code():
     """An autoencoder whose latents are a known linear code of each patch's colour: the
     fitted preview must invert it on pictures it was not fitted on."""

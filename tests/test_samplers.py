@@ -10,7 +10,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from tiny import DATA
 
-from sdxl_edu.samplers import SAMPLERS, make_plan
+from sdxl_edu.samplers import SAMPLERS, Prediction, make_plan
 from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
@@ -101,11 +101,7 @@ def our_loop(name, n, noise, model, seed, config=None, **extra):
     kwargs = {"eta": extra["eta_"]} if "eta_" in extra else {}
 
     def denoise(x, sigma, t):
-        out = model(x / (sigma**2 + 1) ** 0.5, t)
-        if schedule.prediction_type == "v_prediction":  # v -> eps, in the sigma view
-            x0 = out * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
-            return (x - x0) / sigma
-        return out
+        return schedule.to_eps(model(x / (sigma**2 + 1) ** 0.5, t), x, sigma)
 
     x = SAMPLERS[name](denoise, x, plan, generator=torch.Generator().manual_seed(seed), **kwargs)
     return plan.from_sigma_view(x)
@@ -133,3 +129,16 @@ def test_zero_terminal_snr_v_prediction_matches_diffusers():
         theirs = diffusers_loop(name, 10, noise, model, 3, config)
         ours = our_loop(name, 10, noise, model, 3, config)
         assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_every_sampler_takes_the_same_arguments_and_records_the_branches():
+    plan, seen = make_plan(NoiseSchedule(), "euler", 3), []
+
+    def denoise(x, sigma, t):  # a guided prediction: eps and the two branches it came from
+        return Prediction(torch.zeros_like(x), eps_cond=torch.ones_like(x), eps_uncond=-torch.ones_like(x))
+
+    for sampler in SAMPLERS.values():
+        seen.clear()
+        sampler(denoise, torch.randn(1, 4, 2, 2), plan, seen.append, torch.Generator().manual_seed(0), 0.0)
+        assert len(seen) == 3
+        assert all(bool((s.eps_cond == 1).all() and (s.eps_uncond == -1).all()) for s in seen)
