@@ -8,7 +8,9 @@ A training step then
 2. writes fresh captions for the stored labels, attributes left out at random, and drops
    some of them for classifier-free guidance (`captions_for`);
 3. encodes the captions with the frozen text encoders (`frozen_text_embeddings`), and the
-   micro-conditioning numbers (`micro_ids`).
+   micro-conditioning numbers (`micro_ids`);
+4. noises the latents with the library's `NoiseSchedule.q_sample` at random timesteps
+   (`noisy_latents`): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
 
 Every random draw comes from the stage's numpy generator `rng`, in this order, so a run is
 reproducible and resumable (`sdxl_edu.nano.loop.fit`).
@@ -17,6 +19,7 @@ reproducible and resumable (`sdxl_edu.nano.loop.fit`).
 import numpy as np
 import torch
 
+from ..schedule import NoiseSchedule
 from ..text import build_clip_tokenizer, tokenize
 from .data import BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_caption
 from .loop import Run
@@ -76,6 +79,21 @@ def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
     [[32.0, 40.0, 0.0, 8.0, 64.0, 64.0]]
     """
     return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
+
+
+def noisy_latents(rng, schedule: NoiseSchedule, x0: torch.Tensor, t_max: int = 1000):
+    """x_t = q_sample(x0, t, eps) with t uniform over 0 .. t_max - 1 and eps ~ N(0, I), drawn
+    in that order from `rng`. Returns (x_t, t, eps); the v target is `schedule.v_target(x0, t, eps)`.
+
+    >>> from sdxl_edu.nano import NANO_SCHEDULER
+    >>> schedule = NoiseSchedule.from_config(NANO_SCHEDULER)
+    >>> x_t, t, eps = noisy_latents(np.random.default_rng(0), schedule, torch.ones(3, 4, 2, 2), t_max=200)
+    >>> x_t.shape, bool(t.max() < 200), torch.equal(x_t, schedule.q_sample(torch.ones(3, 4, 2, 2), t, eps))
+    (torch.Size([3, 4, 2, 2]), True, True)
+    """
+    t = torch.from_numpy(rng.integers(0, t_max, len(x0)))
+    eps = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+    return schedule.q_sample(x0, t, eps), t, eps
 
 
 def nano_tokenizers():

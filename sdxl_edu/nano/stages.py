@@ -19,6 +19,9 @@
 8. `export`: single-file checkpoints in the released layout, tokenizers, classifiers.
 
 Each trains with `sdxl_edu.nano.loop.fit` on batches drawn as `sdxl_edu.nano.batches` says.
+The UNets learn v-prediction with the schedule the pipeline samples with: x_t from
+`NoiseSchedule.q_sample`, the target from `NoiseSchedule.v_target`,
+v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022).
 `python -m sdxl_edu.nano.train` runs the stages (tests/test_nano_train.py runs every one on
 a few pictures, and is their example).
 """
@@ -36,8 +39,8 @@ from ..schedule import NoiseSchedule
 from ..unet import UNet
 from ..vae import AutoencoderKL
 from . import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, WEIGHTS
-from .batches import captions_for, frozen_text_embeddings, load_data, load_latents, micro_ids, nano_tokenizers, \
-    pick, to_images
+from .batches import (captions_for, frozen_text_embeddings, load_data, load_latents, micro_ids, nano_tokenizers,
+                      noisy_latents, pick, to_images)
 from .classifiers import Evaluator, NoisyClassifier
 from .clip import clip_heads, clip_text_embeddings, contrastive_loss, new_text_encoders, same_caption, \
     zero_shot_accuracy
@@ -161,7 +164,6 @@ def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None):
     data, latents = load_data(run), load_latents(run)
     te1, te2 = text_encoders
     unet = new_unet(NANO_BASE, init)
-    alphas_cumprod = schedule.alphas_cumprod
     encode = frozen_text_embeddings(te1, te2)
 
     def loss_fn(rng):
@@ -173,12 +175,8 @@ def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None):
         context, pooled = context * keep[:, None, None], pooled * keep[:, None]
         target_size = np.tile(BUCKETS[b], (len(idx), 1))
         y = vector_y(pooled, micro_ids(data[b], idx, target_size))
-        t = torch.from_numpy(rng.integers(0, 1000, len(idx)))
-        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
-        ab = alphas_cumprod[t][:, None, None, None]
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        return F.mse_loss(unet(x_t, t, context, y), v)
+        x_t, t, eps = noisy_latents(rng, schedule, x0)
+        return F.mse_loss(unet(x_t, t, context, y), schedule.v_target(x0, t, eps))
 
     unet = fit(run, "base", {"unet": unet}, loss_fn, STEPS["base"], lr=3e-4)["unet"]
     return {"text_encoder": te1, "text_encoder_2": te2, "unet": unet}
@@ -189,7 +187,6 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
     degradation, reading the frozen second encoder."""
     data, latents = load_data(run), load_latents(run)
     unet = new_unet(NANO_REFINER, init)
-    alphas_cumprod = schedule.alphas_cumprod
     encode = frozen_text_embeddings(None, text_encoder_2.requires_grad_(False))
 
     def loss_fn(rng):
@@ -200,12 +197,8 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
         context, pooled = encode(captions)
         scores = np.array([[aesthetic_score(lv)] for lv in latents[b]["levels"][idx]])
         y = vector_y(pooled, micro_ids(data[b], idx, scores))
-        t = torch.from_numpy(rng.integers(0, 200, len(idx)))  # the refiner sees low noise only
-        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
-        ab = alphas_cumprod[t][:, None, None, None]
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        return F.mse_loss(unet(x_t, t, context, y), v)
+        x_t, t, eps = noisy_latents(rng, schedule, x0, t_max=200)  # the refiner sees low noise only
+        return F.mse_loss(unet(x_t, t, context, y), schedule.v_target(x0, t, eps))
 
     return fit(run, "refiner", {"unet": unet}, loss_fn, STEPS["refiner"], lr=3e-4)["unet"]
 
@@ -225,14 +218,10 @@ def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL):
     their reconstructions and degraded copies."""
     data, latents = load_data(run), load_latents(run)
     classifier, evaluator = NoisyClassifier(), Evaluator()
-    alphas_cumprod = schedule.alphas_cumprod
 
     def classifier_loss(rng):
         b, idx = pick(rng, data, 128)
-        x0 = torch.from_numpy(latents[b]["clean"][idx]).float()
-        t = torch.from_numpy(rng.integers(0, 1000, len(idx)))
-        ab = alphas_cumprod[t][:, None, None, None]
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+        x_t, t, _ = noisy_latents(rng, schedule, torch.from_numpy(latents[b]["clean"][idx]).float())
         return attribute_loss(classifier(x_t, t), torch.from_numpy(data[b]["labels"][idx]))
 
     classifier = fit(run, "classifier", {"m": classifier}, classifier_loss, STEPS["classifier"], lr=1e-3)["m"]
