@@ -7,8 +7,8 @@ A training step then
 1. picks a bucket and indices into it (`pick`);
 2. writes fresh captions for the stored labels, attributes left out at random, and drops
    some of them for classifier-free guidance (`captions_for`);
-3. encodes the captions with the frozen text encoders (`frozen_text_embeddings`), and the
-   micro-conditioning numbers (`micro_ids`);
+3. encodes the captions with the frozen text encoders through the library's `Conditioner`
+   (`frozen_text_embeddings`), and the micro-conditioning numbers (`micro_ids`);
 4. noises the latents with the library's `NoiseSchedule.q_sample` at random timesteps
    (`noisy_latents`): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
 
@@ -19,8 +19,9 @@ reproducible and resumable (`sdxl_edu.nano.loop.fit`).
 import numpy as np
 import torch
 
+from ..conditioning import Conditioner
 from ..schedule import NoiseSchedule
-from ..text import build_clip_tokenizer, tokenize
+from ..text import build_clip_tokenizer
 from .data import BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_caption
 from .loop import Run
 
@@ -107,10 +108,11 @@ def nano_tokenizers():
 
 
 def frozen_text_embeddings(te1, te2):
-    """captions -> (context, pooled) from the frozen encoders, remembered per caption: nano's
-    captions come from a few hundred, so the encoders run once for each. The context is both
-    penultimate layers side by side (the base's), or the second's alone when `te1` is None (the
-    refiner's); the pooled vector is the second's projection.
+    """captions -> (context, pooled) from the frozen encoders, as the pipeline computes them
+    (`Conditioner.encode_text`), remembered per caption: nano's captions come from a few
+    hundred, so the encoders run once for each. The context is both penultimate layers side by
+    side (the base's), or the second's alone when `te1` is None (the refiner's); the pooled
+    vector is the second's projection.
 
     >>> from sdxl_edu.nano.clip import new_text_encoders
     >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
@@ -126,18 +128,14 @@ def frozen_text_embeddings(te1, te2):
     torch.Size([1, 77, 128])
     """
     tok, tok_2 = nano_tokenizers()
+    conditioner = Conditioner(tok, te1, tok_2, te2)  # with te1 None: the second encoder alone
     seen = {}
 
-    @torch.no_grad()
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         new = sorted(set(captions) - seen.keys())
         if new:
-            out2 = te2(tokenize(tok_2, new), output_hidden_states=True)
-            context = out2.hidden_states[-2]
-            if te1 is not None:  # the base reads both encoders
-                h1 = te1(tokenize(tok, new), output_hidden_states=True).hidden_states[-2]
-                context = torch.cat([h1, context], -1)
-            seen.update({c: (context[i], out2.text_embeds[i]) for i, c in enumerate(new)})
+            context, pooled = conditioner.encode_text(new)  # under no_grad: the encoders are frozen
+            seen.update({c: (context[i], pooled[i]) for i, c in enumerate(new)})
         return (torch.stack([seen[c][0] for c in captions]), torch.stack([seen[c][1] for c in captions]))
 
     return encode
