@@ -8,7 +8,8 @@ A training step then
 2. writes fresh captions for the stored labels, attributes left out at random, and drops
    some of them for classifier-free guidance (`captions_for`);
 3. encodes the captions with the frozen text encoders through the library's `Conditioner`
-   (`frozen_text_embeddings`), and the micro-conditioning numbers (`micro_ids`);
+   (`frozen_text_embeddings`), and the micro-conditioning numbers with the library's
+   `micro_conditioning_ids` (`micro_ids`);
 4. noises the latents with the library's `NoiseSchedule.q_sample` at random timesteps
    (`noisy_latents`): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
 
@@ -19,7 +20,7 @@ reproducible and resumable (`sdxl_edu.nano.loop.fit`).
 import numpy as np
 import torch
 
-from ..conditioning import Conditioner
+from ..conditioning import Conditioner, micro_conditioning_ids
 from ..schedule import NoiseSchedule
 from ..text import build_clip_tokenizer
 from .data import BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_caption
@@ -72,14 +73,21 @@ def captions_for(rng, labels: np.ndarray, dropout: float) -> tuple[list[str], np
     return caps, rng.random(len(caps)) < dropout
 
 
-def micro_ids(d: dict, idx: np.ndarray, last: np.ndarray) -> torch.Tensor:
-    """(B, 6) or (B, 5): original size, crop top-left, and the target size or aesthetic score.
+def micro_ids(d: dict, idx: np.ndarray, target_size: tuple[int, int] | None = None,
+              aesthetic_scores: list[float] | None = None) -> torch.Tensor:
+    """(B, 6) for the base or (B, 5) for the refiner: each picture's original size and crop
+    top-left, then the bucket's target size or its aesthetic score, in the order
+    `micro_conditioning_ids` gives the UNet.
 
     >>> d = {"original_size": np.array([[32, 40]]), "crop_top_left": np.array([[0, 8]])}
-    >>> micro_ids(d, np.array([0]), np.array([[64, 64]])).tolist()
+    >>> micro_ids(d, np.array([0]), target_size=(64, 64)).tolist()
     [[32.0, 40.0, 0.0, 8.0, 64.0, 64.0]]
+    >>> micro_ids(d, np.array([0, 0]), aesthetic_scores=[6.5, 1.5])[:, -1].tolist()
+    [6.5, 1.5]
     """
-    return torch.from_numpy(np.concatenate([d["original_size"][idx], d["crop_top_left"][idx], last], 1)).float()
+    scores = aesthetic_scores if aesthetic_scores is not None else [None] * len(idx)
+    return torch.stack([micro_conditioning_ids(d["original_size"][i], d["crop_top_left"][i], target_size, score)
+                        for i, score in zip(idx, scores)])
 
 
 def noisy_latents(rng, schedule: NoiseSchedule, x0: torch.Tensor, t_max: int = 1000):

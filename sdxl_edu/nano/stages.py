@@ -173,8 +173,7 @@ def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None):
         context, pooled = encode(captions)
         keep = torch.from_numpy(~dropped).float()  # SDXL's conditioner drops a caption by zeroing both
         context, pooled = context * keep[:, None, None], pooled * keep[:, None]
-        target_size = np.tile(BUCKETS[b], (len(idx), 1))
-        y = vector_y(pooled, micro_ids(data[b], idx, target_size))
+        y = vector_y(pooled, micro_ids(data[b], idx, target_size=BUCKETS[b]))
         x_t, t, eps = noisy_latents(rng, schedule, x0)
         return F.mse_loss(unet(x_t, t, context, y), schedule.v_target(x0, t, eps))
 
@@ -195,8 +194,8 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
         captions, dropped = captions_for(rng, data[b]["labels"][idx], 0.1)
         captions = ["" if d else c for c, d in zip(captions, dropped)]  # the refiner's unconditional is ""
         context, pooled = encode(captions)
-        scores = np.array([[aesthetic_score(lv)] for lv in latents[b]["levels"][idx]])
-        y = vector_y(pooled, micro_ids(data[b], idx, scores))
+        scores = [aesthetic_score(lv) for lv in latents[b]["levels"][idx]]
+        y = vector_y(pooled, micro_ids(data[b], idx, aesthetic_scores=scores))
         x_t, t, eps = noisy_latents(rng, schedule, x0, t_max=200)  # the refiner sees low noise only
         return F.mse_loss(unet(x_t, t, context, y), schedule.v_target(x0, t, eps))
 
