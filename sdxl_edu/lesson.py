@@ -120,8 +120,9 @@ def evaluator():
     """
     from PIL import Image
 
-    from .nano.bench import load_evaluator, read
+    from .nano.classifiers import load_evaluator
     from .nano.data import ATTRIBUTES
+    from .nano.metrics import read
 
     model = load_evaluator()
 

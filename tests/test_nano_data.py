@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_edu.nano.bench import high_frequency_energy
 from sdxl_edu.nano.data import (BUCKETS, COLOURS, PHRASES, POSITIONS, SHAPES, SIZES, aesthetic_score, degrade,
                                 make_sample, position_of)
+from sdxl_edu.nano.metrics import high_frequency_energy
 
 
 @pytest.fixture(scope="module")

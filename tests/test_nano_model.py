@@ -7,8 +7,9 @@ import torch
 import sdxl_edu
 from sdxl_edu import load_pipeline
 from sdxl_edu.nano import NANO_BASE, NANO_REFINER, REFINER_FILE, WEIGHTS
-from sdxl_edu.nano.bench import load_classifier, load_evaluator, read
+from sdxl_edu.nano.classifiers import load_classifier, load_evaluator
 from sdxl_edu.nano.data import COLOURS, SHAPES
+from sdxl_edu.nano.metrics import read
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_micro_conditioning_reaches_the_unet(nano):
 
 def test_the_evaluator_reads_every_attribute_of_fresh_pictures():
     """The benchmark and the lessons are only as good as their judge: pictures it never saw."""
-    from sdxl_edu.nano.bench import evaluator_accuracy
+    from sdxl_edu.nano.metrics import evaluator_accuracy
 
     accuracy = evaluator_accuracy(load_evaluator(), n=200, seed=20_000)
     assert min(accuracy.values()) >= 0.9, accuracy

@@ -1,8 +1,9 @@
 """Measure nano SDXL: `python -m sdxl_edu.nano.bench [--seeds 4] [--json metrics.json]`.
 
 Every number is measured on generated pictures with the evaluator (`classifiers.Evaluator`),
-never used to train the generator, or with pixel statistics. The evaluator's own accuracy
-on freshly rendered pictures is measured first: the other numbers are only as good as it.
+never used to train the generator, or with pixel statistics; both are `sdxl_edu.nano.metrics`,
+which the lessons use too. The evaluator's own accuracy on freshly rendered pictures is
+measured first: the other numbers are only as good as it.
 
 - prompt fidelity: every shape x colour pair, several seeds, 20 Euler steps; the evaluator
   must read the prompted shape and colour; position prompts read the prompted position;
@@ -28,170 +29,14 @@ import json
 import time
 
 import numpy as np
-import safetensors.torch
-import torch
 
-from . import BASE_FILE, CLASSIFIER_FILE, EVALUATOR_FILE, REFINER_FILE
-from .classifiers import Evaluator, NoisyClassifier
-from .data import ATTRIBUTES, COLOURS, PHRASES, POSITIONS, SHAPES
+from . import BASE_FILE, REFINER_FILE
+from .classifiers import load_evaluator
+from .data import COLOURS, PHRASES, POSITIONS, SHAPES
+from .metrics import evaluator_accuracy, high_frequency_energy, object_mask, peak_inside, present, read, saturation, \
+    touches_frame
 
 SHAPE_COLOUR_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLOURS]  # "a red circle", ...
-
-
-def load_evaluator() -> Evaluator:
-    """The shipped evaluator, frozen: a picture -> logits per attribute and a degradation level.
-
-    >>> sorted(load_evaluator()(torch.zeros(1, 3, 64, 64)))
-    ['colour', 'degradation', 'position', 'shape', 'size']
-    """
-    model = Evaluator()
-    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(EVALUATOR_FILE)).items()})
-    return model.eval().requires_grad_(False)
-
-
-def load_classifier() -> NoisyClassifier:
-    """The noise-aware classifier, for classifier guidance: `(x_t, t) -> logits per attribute`.
-
-    >>> logits = load_classifier()(torch.randn(2, 4, 16, 16), torch.tensor([999, 10]))
-    >>> logits["shape"].shape  # one logit per shape, for each of the two latents
-    torch.Size([2, 3])
-    """
-    model = NoisyClassifier()
-    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(CLASSIFIER_FILE)).items()})
-    return model.eval().requires_grad_(False)
-
-
-def to_tensor(images) -> torch.Tensor:
-    """PIL pictures -> (B, 3, H, W) in [-1, 1].
-
-    >>> from PIL import Image
-    >>> x = to_tensor([Image.new("RGB", (80, 48), (255, 0, 0))])
-    >>> tuple(x.shape), x[0, :, 0, 0].tolist()
-    ((1, 3, 48, 80), [1.0, -1.0, -1.0])
-    """
-    return torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images])).permute(0, 3, 1, 2) / 127.5 - 1
-
-
-@torch.no_grad()
-def read(evaluator: Evaluator, images) -> dict[str, np.ndarray]:
-    """What the evaluator sees: predicted index per attribute, and the degradation level.
-
-    A freshly rendered training picture is read as its labels say:
-
-    >>> from PIL import Image
-    >>> from sdxl_edu.nano.data import make_sample
-    >>> s = make_sample(np.random.default_rng(3), (64, 64))
-    >>> seen = read(load_evaluator(), [Image.fromarray(s.image)])
-    >>> all(seen[name][0] == s.labels[name] for name in ("shape", "colour"))
-    True
-    """
-    out = evaluator(to_tensor(images))
-    return {k: (v.argmax(-1) if v.ndim == 2 else v).numpy() for k, v in out.items()}
-
-
-def saturated_pixels(images) -> np.ndarray:
-    """Per picture (PIL or (H, W, 3) array, 0..255), its saturated pixels: the spread between
-    the largest and smallest channel above 80. nano's shapes are saturated colours; its light,
-    barely tinted backgrounds are not.
-
-    >>> from PIL import Image
-    >>> im = Image.new("RGB", (2, 1), (240, 235, 230)); im.putpixel((1, 0), (40, 80, 230))
-    >>> saturated_pixels([im]).tolist()  # background, blue
-    [[[False, True]]]
-    """
-    a = np.stack([np.asarray(im, np.float32) for im in images])
-    return (a.max(-1) - a.min(-1)) > 80
-
-
-def object_mask(images) -> np.ndarray:
-    """Object pixels: the largest connected blob of saturated pixels. The blob test leaves out
-    the few saturated pixels nano's decoder sometimes puts in a corner (a cyan speck at the top
-    right, in about 5% of its reconstructions of training pictures), which would otherwise read
-    as an object touching the frame.
-
-    >>> from PIL import Image
-    >>> im = Image.new("RGB", (8, 8), (240, 235, 230)); im.paste((40, 80, 230), (2, 2, 5, 4))
-    >>> im.putpixel((7, 0), (100, 255, 255))  # a speck in the corner
-    >>> int(object_mask([im]).sum())  # the 3 x 2 blue rectangle: not the background, not the speck
-    6
-    """
-    return largest_blob(saturated_pixels(images))
-
-
-def largest_blob(masks: np.ndarray) -> np.ndarray:
-    """Per mask (B, H, W), only its largest 8-connected blob. Every pixel starts with its own
-    label and takes the largest label among its neighbours until nothing changes: each blob
-    ends up labelled by its largest pixel index.
-
-    >>> m = np.zeros((1, 5, 5), bool); m[0, :2, :2] = True; m[0, 4, 4] = True
-    >>> largest_blob(m).astype(int)[0, :, [0, 1, 4]].tolist()  # columns 0, 1 and 4
-    [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]
-    """
-    inside = torch.from_numpy(masks).float()[:, None]
-    labels = torch.arange(1, inside[0].numel() + 1, dtype=torch.float32).view(inside.shape[1:]) * inside
-    while True:
-        grown = torch.nn.functional.max_pool2d(labels, 3, stride=1, padding=1) * inside
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    labels = labels[:, 0].long().flatten(1)
-    keep = [torch.bincount(row[row > 0]).argmax() if (row > 0).any() else -1 for row in labels]
-    return (labels == torch.tensor(keep)[:, None]).view(masks.shape).numpy()
-
-
-def touches_frame(masks: np.ndarray, sides: str = "top left bottom right") -> np.ndarray:
-    """Per mask (B, H, W): does the object reach one of the named edges of the picture?
-
-    >>> m = np.zeros((2, 8, 8), bool); m[0, 0, 3] = True; m[1, 4, 7] = True
-    >>> touches_frame(m).tolist(), touches_frame(m, "top left").tolist()
-    ([True, True], [True, False])
-    """
-    edges = {"top": masks[:, 0, :], "bottom": masks[:, -1, :], "left": masks[:, :, 0], "right": masks[:, :, -1]}
-    return np.any([edges[side].any(-1) for side in sides.split()], axis=0)
-
-
-def present(masks: np.ndarray, min_pixels: int = 20) -> np.ndarray:
-    """Per mask: is there an object at all (more than a few object pixels)?"""
-    return masks.sum((1, 2)) > min_pixels
-
-
-def peak_inside(heat: torch.Tensor, mask: np.ndarray) -> bool:
-    """The pointing game for one picture: does the heat map (h, w), upsampled to the mask's
-    size, peak on the object?
-
-    >>> heat = torch.zeros(4, 4); heat[0, 0] = 1
-    >>> mask = np.zeros((8, 8), bool); mask[:2, :2] = True
-    >>> peak_inside(heat, mask), peak_inside(heat, ~mask)
-    (True, False)
-    """
-    heat = torch.nn.functional.interpolate(heat[None, None].float(), size=mask.shape, mode="bilinear")[0, 0]
-    return bool(mask.flat[int(heat.argmax())])
-
-
-def saturation(images) -> float:
-    """Mean HSV saturation, (max - min) / max over the channels: 0 for greys, 1 for pure hues.
-    Strong guidance pushes colours towards it (lesson 3).
-
-    >>> from PIL import Image
-    >>> saturation([Image.new("RGB", (4, 4), (200, 200, 200))]), saturation([Image.new("RGB", (4, 4), (200, 0, 0))])
-    (0.0, 1.0)
-    """
-    a = np.stack([np.asarray(im, np.float32) / 255 for im in images])
-    return float(((a.max(-1) - a.min(-1)) / (a.max(-1) + 1e-6)).mean())
-
-
-def high_frequency_energy(images) -> float:
-    """Mean squared Laplacian: how much fine detail (sharp edges) the pictures hold.
-
-    >>> from PIL import Image
-    >>> flat = Image.new("RGB", (16, 16), (128, 128, 128))
-    >>> checks = Image.fromarray((np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
-    >>> high_frequency_energy([flat]), high_frequency_energy([checks])  # a Laplacian of +-4 at every pixel
-    (0.0, 16.0)
-    """
-    a = np.stack([np.asarray(im.convert("L"), np.float32) / 255 for im in images])
-    lap = 4 * a[:, 1:-1, 1:-1] - a[:, :-2, 1:-1] - a[:, 2:, 1:-1] - a[:, 1:-1, :-2] - a[:, 1:-1, 2:]
-    return float((lap**2).mean())
 
 
 def generate(pipe, prompts, seed, **kwargs):
@@ -203,23 +48,6 @@ def generate(pipe, prompts, seed, **kwargs):
     """
     kwargs = {"num_inference_steps": 20, "progress": False, **kwargs}
     return pipe(prompts, seed=seed, **kwargs).images
-
-
-def evaluator_accuracy(evaluator, n: int = 600, seed: int = 10_000) -> dict:
-    """The judge first: its accuracy on freshly rendered pictures it never saw in training.
-
-    >>> accuracy = evaluator_accuracy(load_evaluator(), n=100)
-    >>> accuracy["shape"] > 0.9 and accuracy["colour"] > 0.9
-    True
-    """
-    from PIL import Image
-
-    from .data import BUCKETS, make_sample
-
-    rng = np.random.default_rng(seed)
-    samples = [make_sample(rng, BUCKETS[0]) for _ in range(n)]
-    seen = read(evaluator, [Image.fromarray(s.image) for s in samples])
-    return {name: float(np.mean(seen[name] == np.array([s.labels[name] for s in samples]))) for name in ATTRIBUTES}
 
 
 def fidelity(pipe, evaluator, seeds: int, guidance_scale: float) -> dict:

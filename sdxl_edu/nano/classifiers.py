@@ -8,17 +8,22 @@
   use it to measure. It is trained on clean pictures and on their autoencoder
   reconstructions, so the autoencoder's softness alone does not read as a wrong shape.
 
+The trained ones ship with the package (`sdxl_edu/nano/weights/`, fp16): `load_classifier()`
+and `load_evaluator()` return them in float32, frozen.
+
 >>> import torch
 >>> out = Evaluator()(torch.zeros(2, 3, 64, 64))
 >>> {k: tuple(v.shape) for k, v in out.items()}
 {'shape': (2, 3), 'colour': (2, 5), 'position': (2, 5), 'size': (2, 2), 'degradation': (2,)}
 """
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..unet import timestep_embedding
+from . import CLASSIFIER_FILE, EVALUATOR_FILE
 from .data import ATTRIBUTES
 
 
@@ -72,3 +77,26 @@ class Evaluator(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, features = self.heads(self.blocks(images))
         return {**logits, "degradation": self.degradation(features)[:, 0]}
+
+
+def load_evaluator() -> Evaluator:
+    """The shipped evaluator, frozen: a picture -> logits per attribute and a degradation level.
+
+    >>> sorted(load_evaluator()(torch.zeros(1, 3, 64, 64)))
+    ['colour', 'degradation', 'position', 'shape', 'size']
+    """
+    model = Evaluator()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(EVALUATOR_FILE)).items()})
+    return model.eval().requires_grad_(False)
+
+
+def load_classifier() -> NoisyClassifier:
+    """The noise-aware classifier, for classifier guidance: `(x_t, t) -> logits per attribute`.
+
+    >>> logits = load_classifier()(torch.randn(2, 4, 16, 16), torch.tensor([999, 10]))
+    >>> logits["shape"].shape  # one logit per shape, for each of the two latents
+    torch.Size([2, 3])
+    """
+    model = NoisyClassifier()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(CLASSIFIER_FILE)).items()})
+    return model.eval().requires_grad_(False)
