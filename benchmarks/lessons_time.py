@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from sdxl_edu.figures import execute, lesson_notebooks
+from sdxl_edu.course.figures import execute, lesson_notebooks
 
 BUDGET_EACH_S, BUDGET_ALL_S = 90, 600
 

@@ -25,8 +25,8 @@ from unet_speed import MID, diffusers_config  # noqa: E402
 from sdxl_edu import load_pipeline  # noqa: E402
 from sdxl_edu.config import VAEConfig  # noqa: E402
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names  # noqa: E402
-from sdxl_edu.unet import UNet  # noqa: E402
-from sdxl_edu.vae import AutoencoderKL as OurVAE  # noqa: E402
+from sdxl_edu.model.unet import UNet  # noqa: E402
+from sdxl_edu.model.vae import AutoencoderKL as OurVAE  # noqa: E402
 
 VAE = VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), num_res_blocks=1)
 

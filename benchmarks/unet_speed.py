@@ -21,7 +21,7 @@ from tiny import diffusers_unet_config, randomize, to_diffusers  # noqa: E402
 
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, UNetConfig  # noqa: E402
 from sdxl_edu.loading.diffusers import diffusers_unet_names  # noqa: E402
-from sdxl_edu.unet import UNet  # noqa: E402
+from sdxl_edu.model.unet import UNet  # noqa: E402
 
 MID = UNetConfig(channels=(128, 256, 512), transformer_depth=(0, 2, 4), transformer_depth_middle=4,
                  context_dim=2048, adm_in_channels=2816)
@@ -58,7 +58,7 @@ def main():
     sizes = [1024.0, 1024, 0, 0] + ([1024, 1024] if config.context_dim == 2048 else [6.0])  # refiner: aesthetic
     pooled = torch.randn(b, config.adm_in_channels - len(sizes) * 256, device=args.device, dtype=dtype)
     ids = torch.tensor([sizes] * b, device=args.device)
-    from sdxl_edu.conditioning import vector_y
+    from sdxl_edu.model.conditioning import vector_y
     y = vector_y(pooled, ids)
     t = torch.tensor([500] * b, device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -5,9 +5,9 @@
 2048
 """
 
-from .loading.checkpoint import CheckpointError
 from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE, UNetConfig, VAEConfig
 from .loading import load_pipeline
+from .loading.checkpoint import CheckpointError
 from .pipeline import Pipeline
 
 __all__ = ["load_pipeline", "Pipeline", "CheckpointError", "UNetConfig", "VAEConfig",

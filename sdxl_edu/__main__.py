@@ -4,8 +4,8 @@
 import argparse
 import sys
 
-from .anatomy import describe, unet_parameters, vae_parameters
 from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE
+from .inspection.anatomy import describe, unet_parameters, vae_parameters
 
 
 def info(source: str | None) -> None:
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="sdxl_edu.png")
     args = parser.parse_args(argv)
     if args.command == "figures":
-        from .figures import main as figures
+        from .course.figures import main as figures
 
         figures(args.lessons, args.out)
     elif args.command == "info":

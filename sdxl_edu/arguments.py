@@ -14,6 +14,9 @@ run silently or die on later: a denoising_start or denoising_end outside (0, 1) 
 ignores those), an eta for a sampler that has none, Karras sigmas for a sampler that does
 not use them, latents of the wrong shape.
 
+Upstream, at pinned commits: diffusers' `check_inputs`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py#L610).
+
 >>> check_number("strength", 1.5, 0, 1, why="the fraction of the schedule img2img re-runs")
 Traceback (most recent call last):
 ValueError: strength must be a number in [0, 1] (the fraction of the schedule img2img re-runs); got 1.5
@@ -27,8 +30,8 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from .conditioning import PromptEmbeddings
-from .samplers import SAMPLERS
+from .model.conditioning import PromptEmbeddings
+from .sampling.samplers import SAMPLERS
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 

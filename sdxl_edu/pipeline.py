@@ -21,6 +21,9 @@ number. One call covers what diffusers splits over several pipelines:
 - the ensemble of experts: `base(..., denoising_end=0.8, output_type="latent")` stops at
   t = 200, `refiner(..., image=latents, denoising_start=0.8)` continues from there without
   adding noise; or the refiner as img2img on a finished image (`strength=0.3`).
+
+Upstream, at pinned commits: diffusers' `StableDiffusionXLPipeline.__call__`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py#L823).
 """
 
 from collections import OrderedDict
@@ -33,12 +36,12 @@ from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
 from .arguments import check_pipeline_arguments
-from .conditioning import Conditioner, PromptEmbeddings, micro_conditioning_per_branch, unet_conditioning
-from .guidance import Guidance, guided_eps
-from .samplers import SAMPLERS, Denoise, Plan, Step, make_plan
-from .schedule import NoiseSchedule
-from .unet import UNet
-from .vae import AutoencoderKL
+from .model.conditioning import Conditioner, PromptEmbeddings, micro_conditioning_per_branch, unet_conditioning
+from .model.unet import UNet
+from .model.vae import AutoencoderKL
+from .sampling.guidance import Guidance, guided_eps
+from .sampling.samplers import SAMPLERS, Denoise, Plan, Step, make_plan
+from .sampling.schedule import NoiseSchedule
 
 
 @dataclass
@@ -138,10 +141,10 @@ class Pipeline:
 
     @property
     def latent_preview(self):
-        """A linear latent -> RGB map fitted to this pipeline's VAE (`sdxl_edu.viz`), for
+        """A linear latent -> RGB map fitted to this pipeline's VAE (`sdxl_edu.inspection.viz`), for
         cheap pictures of every step: `pipe.latent_preview(step.x0)`."""
         if getattr(self, "_latent_preview", None) is None:
-            from .viz import fit_latent_rgb
+            from .inspection.viz import fit_latent_rgb
 
             self._latent_preview = fit_latent_rgb(self.vae)
         return self._latent_preview
@@ -151,9 +154,9 @@ class Pipeline:
         """`with pipe.capture_attention() as attn: pipe(...)`, then `attn.cross_attention_map(word)`.
 
         `layers`: substrings of the cross-attention layers to probe (all by default);
-        see `sdxl_edu.capture` for what is kept.
+        see `sdxl_edu.inspection.capture` for what is kept.
         """
-        from .capture import AttentionCapture  # capture builds on the pipeline, not the reverse
+        from .inspection.capture import AttentionCapture  # capture builds on the pipeline, not the reverse
 
         return AttentionCapture(self, layers, per_layer, per_step, self_attention)
 
@@ -162,7 +165,7 @@ class Pipeline:
         """Call `hook(prompts, images, classifier_free, latent_size)` as each generation starts,
         before its first step; `handle.remove()` detaches it (as torch's module hooks do).
         With classifier-free guidance the UNet's batch is [unconditional; conditional], each
-        `images` long: what `sdxl_edu.capture` needs to know to keep the conditional half.
+        `images` long: what `sdxl_edu.inspection.capture` needs to know to keep the conditional half.
         """
         handle = RemovableHandle(self._generation_hooks)
         self._generation_hooks[handle.id] = hook

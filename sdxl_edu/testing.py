@@ -20,9 +20,9 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .config import UNetConfig, VAEConfig
+from .model.unet import UNet
+from .model.vae import AutoencoderKL
 from .nano.tokenizers import build_clip_tokenizer
-from .unet import UNet
-from .vae import AutoencoderKL
 
 WORDS = ["a", "photo", "of", "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle",
          "small", "large", "on", "the", "left", "right", "top", "bottom", "center", "cat", "blurry"]

@@ -15,10 +15,12 @@ from tiny import parts, randomize, save, save_diffusers_folder
 
 from sdxl_edu import CheckpointError, load_pipeline
 from sdxl_edu.__main__ import main as cli
-from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
+from sdxl_edu.model.conditioning import micro_conditioning_ids, vector_y
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, UNetConfig
 from sdxl_edu.loading.diffusers import diffusers_unet_names, read_diffusers_unet_config
-from sdxl_edu.unet import UNet
+from sdxl_edu.model.unet import UNet
+
+pytestmark = pytest.mark.slow  # builds, saves and reloads each distilled UNet beside diffusers'
 
 TOL = 1e-4
 BASE_LIKE = dict(  # SDXL base's arrangement in miniature: no attention at the first level

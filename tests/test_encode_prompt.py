@@ -6,7 +6,7 @@ from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLI
                        StableDiffusionXLPipeline, UNet2DConditionModel)
 from tiny import TINY, parts
 
-from sdxl_edu.conditioning import Conditioner
+from sdxl_edu.model.conditioning import Conditioner
 
 TOL = 1e-4
 

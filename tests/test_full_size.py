@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # writes and loads a 7 GB checkpoint
+
 BENCH = Path(__file__).parent.parent / "benchmarks" / "load_memory.py"
 
 

@@ -8,8 +8,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from sdxl_edu.config import SDXL_BASE, SDXL_REFINER, SDXL_VAE
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 from sdxl_edu.loading.single_file import detect_family, read_unet_config, read_vae_config, single_file_state_dict
-from sdxl_edu.unet import UNet
-from sdxl_edu.vae import AutoencoderKL
+from sdxl_edu.model.unet import UNet
+from sdxl_edu.model.vae import AutoencoderKL
 
 FILES = {"base": "sd_xl_base_1.0.safetensors.keys.tsv", "refiner": "sd_xl_refiner_1.0.safetensors.keys.tsv"}
 IGNORED = ("position_ids", "logit_scale")  # not part of the models: the loader drops them

@@ -11,12 +11,14 @@ import nbformat
 import pytest
 import torch
 
-from sdxl_edu import exercises as ex
-from sdxl_edu import lesson
+from sdxl_edu.course import exercises as ex
+from sdxl_edu.course import lesson
 from sdxl_edu.config import SDXL_BASE
-from sdxl_edu.figures import execute, lesson_notebooks
-from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
+from sdxl_edu.course.figures import execute, lesson_notebooks
+from sdxl_edu.sampling.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 from sdxl_edu.testing import save_toy_checkpoint
+
+pytestmark = pytest.mark.slow  # executes every lesson notebook
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 NOTEBOOKS = lesson_notebooks(LESSONS)

@@ -12,8 +12,8 @@ from tiny import parts, save, save_diffusers_folder
 
 import sdxl_edu
 from sdxl_edu import CheckpointError, load_pipeline
-from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
-from sdxl_edu.vae import AutoencoderKL
+from sdxl_edu.model.conditioning import micro_conditioning_ids, vector_y
+from sdxl_edu.model.vae import AutoencoderKL
 
 
 def same_outputs(pipe, p, kind="base"):
@@ -27,7 +27,7 @@ def same_outputs(pipe, p, kind="base"):
         z = torch.randn(1, 4, 8, 8, generator=g)
         assert torch.equal(pipe.vae.decode(z), p["vae"].decode(z))
         ours = pipe.encode_prompt("a red circle", negative_prompt="blurry")
-    from sdxl_edu.conditioning import Conditioner
+    from sdxl_edu.model.conditioning import Conditioner
     reference = Conditioner(p["tokenizer"], p["text_encoder"], p["tokenizer_2"], p["text_encoder_2"]).encode_prompt(
         "a red circle", negative_prompt="blurry")
     for a, b in zip(ours, reference):

@@ -66,7 +66,7 @@ def test_micro_conditioning_reaches_the_unet(nano):
     """The prototype's size and crop conditioning 'had no effect': check each number moves eps."""
     text = nano.encode_prompt("a red circle", do_classifier_free_guidance=False)
     x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
-    from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
+    from sdxl_edu.model.conditioning import micro_conditioning_ids, vector_y
 
     def eps(original, crop, target=(64, 64)):
         with torch.no_grad():

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -12,6 +13,8 @@ from sdxl_edu import load_pipeline
 from sdxl_edu.nano import NANO_BASE, NANO_REFINER
 from sdxl_edu.nano.classifiers import Evaluator, NoisyClassifier
 from sdxl_edu.nano.train import STAGES
+
+pytestmark = pytest.mark.slow  # runs the trainer
 
 
 def train(*args):

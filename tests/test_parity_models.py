@@ -6,10 +6,10 @@ from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from tiny import TINY, TINY_BASE, TINY_REFINER, TINY_VAE, randomize, to_diffusers
 
-from sdxl_edu.conditioning import micro_conditioning_ids, vector_y
+from sdxl_edu.model.conditioning import micro_conditioning_ids, vector_y
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
-from sdxl_edu.unet import UNet
-from sdxl_edu.vae import AutoencoderKL
+from sdxl_edu.model.unet import UNet
+from sdxl_edu.model.vae import AutoencoderKL
 
 TOL = 1e-4
 

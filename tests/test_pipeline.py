@@ -200,7 +200,7 @@ def test_latent_preview_recovers_a_linear_colour_code():
     fitted preview must invert it on pictures it was not fitted on."""
     from types import SimpleNamespace
 
-    from sdxl_edu.viz import calibration_images, fit_latent_rgb
+    from sdxl_edu.inspection.viz import calibration_images, fit_latent_rgb
 
     code = torch.tensor([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4], [0.3, 0.3, 1.2], [-0.5, 0.1, 0.2]])  # (4, 3)
 

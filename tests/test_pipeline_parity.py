@@ -13,6 +13,8 @@ from tiny import DATA, TINY, parts, save, to_diffusers
 from sdxl_edu import load_pipeline
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 
+pytestmark = pytest.mark.slow  # runs whole generations beside diffusers' pipelines
+
 RELEASED = json.loads((DATA / "scheduler_config.json").read_text())
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
               "ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}

@@ -10,8 +10,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from tiny import DATA
 
-from sdxl_edu.samplers import SAMPLERS, Prediction, make_plan
-from sdxl_edu.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
+from sdxl_edu.sampling.samplers import SAMPLERS, Prediction, make_plan
+from sdxl_edu.sampling.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
               "ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}

@@ -10,7 +10,7 @@ from tiny import WORDS, bigg, clip_l, tokenizers
 from sdxl_edu.loading.build import build_text_encoder
 from sdxl_edu.loading.openclip import openclip_to_transformers, transformers_to_openclip
 from sdxl_edu.loading.single_file import CLIP_L
-from sdxl_edu.text import text_hidden_states, tokenize
+from sdxl_edu.model.text import text_hidden_states, tokenize
 
 
 def openclip_reference(sd: dict, ids: torch.Tensor, heads: int):

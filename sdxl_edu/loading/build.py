@@ -24,7 +24,7 @@ def build(model_class, config, read: Callable[[str], torch.Tensor], shapes: dict
     file's `shapes`, then fill it with `read(key)` (a one-copy read in the target dtype).
 
     >>> from sdxl_edu.config import VAEConfig
-    >>> from sdxl_edu.vae import AutoencoderKL
+    >>> from sdxl_edu.model.vae import AutoencoderKL
     >>> tiny = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)
     >>> with torch.device("meta"):
     ...     shapes = {k: tuple(v.shape) for k, v in AutoencoderKL(tiny).state_dict().items()}

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..conditioning import Conditioner
 from ..config import UNetConfig, VAEConfig
-from ..unet import UNet
-from ..vae import AutoencoderKL
+from ..model.conditioning import Conditioner
+from ..model.unet import UNet
+from ..model.vae import AutoencoderKL
 from .build import build, build_text_encoder
 from .checkpoint import CheckpointError, SafetensorsFile, refuse_pickle
 from .hub import load_tokenizer

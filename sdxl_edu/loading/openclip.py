@@ -9,6 +9,9 @@ matter numerically:
 2. OpenCLIP applies the projection as `pooled @ P`; a torch Linear computes
    `pooled @ W.T`, so `W = P.T`. P is square (1280 x 1280): forgetting the transpose
    raises no error and silently gives a wrong pooled vector.
+
+Upstream, at pinned commits: sgm's `FrozenOpenCLIPEmbedder2`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/encoders/modules.py#L400).
 """
 
 import torch

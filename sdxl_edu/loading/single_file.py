@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
-from ..conditioning import Conditioner
 from ..config import UNetConfig, VAEConfig
-from ..unet import UNet
-from ..vae import AutoencoderKL
+from ..model.conditioning import Conditioner
+from ..model.unet import UNet
+from ..model.vae import AutoencoderKL
 from .build import build, build_text_encoder, metadata_overrides
 from .checkpoint import CheckpointError, SafetensorsFile
 from .hub import find_tokenizers

@@ -20,11 +20,11 @@ reproducible and resumable (`sdxl_edu.nano.loop.fit`).
 import numpy as np
 import torch
 
-from ..conditioning import Conditioner, micro_conditioning_ids
-from ..schedule import NoiseSchedule
-from .tokenizers import build_clip_tokenizer
+from ..model.conditioning import Conditioner, micro_conditioning_ids
+from ..sampling.schedule import NoiseSchedule
 from .data import BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_caption
 from .loop import Run
+from .tokenizers import build_clip_tokenizer
 
 
 def load_data(run: Run) -> list[dict]:

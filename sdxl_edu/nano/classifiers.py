@@ -2,7 +2,7 @@
 
 - `NoisyClassifier(x_t, t)`: reads shape, colour, position and size from a *noisy latent*
   at timestep t; trained on q_sample(latent, t). Its gradient is what classifier guidance
-  adds to each step (`sdxl_edu.guidance`).
+  adds to each step (`sdxl_edu.sampling.guidance`).
 - `Evaluator(image)`: reads the same attributes from a *picture*, plus a cleanliness score
   (the degradation level, 0 = clean). It never guides anything; lessons and the benchmark
   use it to measure. It is trained on clean pictures and on their autoencoder
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..unet import timestep_embedding
+from ..model.unet import timestep_embedding
 from . import CLASSIFIER_FILE, EVALUATOR_FILE
 from .data import ATTRIBUTES
 

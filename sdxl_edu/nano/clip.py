@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from ..text import tokenize
+from ..model.text import tokenize
 from . import BIGG_LIKE, CLIP_L_LIKE
 from .batches import nano_tokenizers
 from .data import COLOURS, SHAPES

@@ -1,6 +1,6 @@
 """How nano SDXL's pictures are measured: what the evaluator reads in them, and pixel statistics.
 
-Two kinds of measurement, both used by the lessons, `sdxl_edu.lesson` and the benchmark
+Two kinds of measurement, both used by the lessons, `sdxl_edu.course.lesson` and the benchmark
 (`python -m sdxl_edu.nano.bench`), and neither used to train the generator:
 
 - the evaluator's reading (`read`): which shape, colour, position and size it sees in a

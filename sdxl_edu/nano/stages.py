@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..conditioning import vector_y
-from ..schedule import NoiseSchedule
-from ..unet import UNet
-from ..vae import AutoencoderKL
+from ..model.conditioning import vector_y
+from ..model.unet import UNet
+from ..model.vae import AutoencoderKL
+from ..sampling.schedule import NoiseSchedule
 from . import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, WEIGHTS
 from .batches import (captions_for, frozen_text_embeddings, load_data, load_latents, micro_ids, nano_tokenizers,
                       noisy_latents, pick, to_images)

@@ -9,7 +9,7 @@ each word is one token, `<|startoftext|>` and `<|endoftext|>` last.
 
 from transformers import CLIPTokenizer
 
-from ..text import BOS, EOS, MAX_LENGTH
+from ..model.text import BOS, EOS, MAX_LENGTH
 
 
 def build_clip_tokenizer(words: list[str], pad_token: str = EOS) -> CLIPTokenizer:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..schedule import NoiseSchedule
+from ..sampling.schedule import NoiseSchedule
 from . import NANO_SCHEDULER, WEIGHTS
 from .loop import Run
 from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, stage_base, stage_classifiers, stage_clip, stage_data, \

@@ -5,10 +5,10 @@ All samplers here share one signature (k-diffusion's, Crowson 2022):
     x = sampler(denoise, x, plan, callback=None, generator=None, eta=0.0, progress=False, after_step=None)
 
 - `denoise(x, sigma, t) -> eps` is the model's noise prediction (built by the pipeline from
-  the UNet and `sdxl_edu.guidance`; a sampler knows nothing of text). It may instead return
+  the UNet and `sdxl_edu.sampling.guidance`; a sampler knows nothing of text). It may instead return
   a `Prediction`, which also carries the two classifier-free guidance branches for the
   step record;
-- `x` is the latent in the "sigma" view of `sdxl_edu.schedule`: x = x_0 + sigma eps, so the
+- `x` is the latent in the "sigma" view of `sdxl_edu.sampling.schedule`: x = x_0 + sigma eps, so the
   model's estimate of the clean latent is simply x0_hat = x - sigma eps_hat;
 - `plan` holds the timesteps and sigmas to visit (`make_plan`);
 - `callback(step)` sees every step: index, t, sigma, x, the UNet's input x_t, eps_hat,
@@ -30,8 +30,17 @@ Written this way, the classic samplers turn out to be a few lines each, and clos
 They differ in *which* sigmas they visit, which follows diffusers' scheduler of the same
 name exactly (`make_plan`), so a run here ends where the diffusers loop ends.
 
+Upstream, at pinned commits: k-diffusion's `sample_euler`
+(https://github.com/crowsonkb/k-diffusion/blob/4601bf085320592473f681a62808ed873d17fad5/k_diffusion/sampling.py#L118),
+`sample_euler_ancestral`
+(https://github.com/crowsonkb/k-diffusion/blob/4601bf085320592473f681a62808ed873d17fad5/k_diffusion/sampling.py#L139),
+`sample_dpmpp_2m`
+(https://github.com/crowsonkb/k-diffusion/blob/4601bf085320592473f681a62808ed873d17fad5/k_diffusion/sampling.py#L585),
+`get_sigmas_karras`
+(https://github.com/crowsonkb/k-diffusion/blob/4601bf085320592473f681a62808ed873d17fad5/k_diffusion/sampling.py#L17).
+
 >>> import torch
->>> from sdxl_edu.schedule import NoiseSchedule
+>>> from sdxl_edu.sampling.schedule import NoiseSchedule
 >>> plan = make_plan(NoiseSchedule(), "euler", 4)
 >>> plan.timesteps.tolist(), [round(s, 3) for s in plan.sigmas.tolist()]
 ([751.0, 501.0, 251.0, 1.0], [4.117, 1.624, 0.698, 0.041, 0.0])
@@ -211,7 +220,7 @@ def ddim(denoise: Denoise, x: torch.Tensor, plan: Plan, callback=None, generator
     eta = 0 is deterministic and is exactly Euler's update; eta = 1 adds the most noise
     and is DDPM's ancestral step.
 
-    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> from sdxl_edu.sampling.schedule import NoiseSchedule
     >>> plan = make_plan(NoiseSchedule(), "euler", 5)
     >>> eps = lambda x, sigma, t: torch.tanh(x)  # any model will do
     >>> x = torch.randn(1, 4, 2, 2)

@@ -15,7 +15,10 @@ There are two ways to compute it, and they give the same numbers:
   look at it. It runs only in layers that have a probe attached.
 
 A probe is any callable `probe(module, probs)` with `probs` of shape
-(batch, heads, query tokens, key tokens); `sdxl_edu.capture` builds the useful ones.
+(batch, heads, query tokens, key tokens); `sdxl_edu.inspection.capture` builds the useful ones.
+
+Upstream, at pinned commits: `CrossAttention`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/attention.py#L255).
 
 >>> import torch
 >>> attn = Attention(query_dim=8, heads=2, dim_head=4, context_dim=6)

@@ -74,7 +74,7 @@ def latent_shape_rule(fn) -> Verdict:
     >>> latent_shape_rule(lambda h, w: (4, h // 8, w // 8)).ok
     True
     """
-    from .config import SDXL_VAE
+    from ..config import SDXL_VAE
 
     if fn is None:
         return NOT_YET
@@ -95,7 +95,7 @@ def refiner_context_width(answer) -> Verdict:
     >>> refiner_context_width(2048)
     ✗ Not quite: 2048 is the base's (768 + 1280); the refiner has no CLIP ViT-L.
     """
-    from .config import SDXL_BASE, SDXL_REFINER
+    from ..config import SDXL_BASE, SDXL_REFINER
 
     if answer is None:
         return NOT_YET
@@ -111,7 +111,7 @@ def refiner_context_width(answer) -> Verdict:
 def q_sample_rule(fn, schedule) -> Verdict:
     """`fn(x0, t, noise, alphas_cumprod) -> x_t` must equal the forward process.
 
-    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> from sdxl_edu.sampling.schedule import NoiseSchedule
     >>> q_sample_rule(lambda x0, t, eps, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps, NoiseSchedule()).ok
     True
     """
@@ -131,7 +131,7 @@ def q_sample_rule(fn, schedule) -> Verdict:
 def sigma_rule(fn, schedule) -> Verdict:
     """`fn(alpha_bar) -> sigma`, the noise level of the variance-exploding view.
 
-    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> from sdxl_edu.sampling.schedule import NoiseSchedule
     >>> sigma_rule(lambda ab: ((1 - ab) / ab).sqrt(), NoiseSchedule()).ok
     True
     """
@@ -148,7 +148,7 @@ def sigma_rule(fn, schedule) -> Verdict:
 def terminal_signal(answer, schedule) -> Verdict:
     """The fraction of x0 left in x_999 (sqrt(alpha_bar) at the last timestep), to 2 digits.
 
-    >>> from sdxl_edu.schedule import NoiseSchedule
+    >>> from sdxl_edu.sampling.schedule import NoiseSchedule
     >>> terminal_signal(0.07, NoiseSchedule()).ok  # SDXL's schedule
     True
     """
@@ -236,7 +236,7 @@ def clip_skip_index(fn) -> Verdict:
     >>> clip_skip_index(lambda k: -1).ok  # the last layer is not what SDXL reads
     False
     """
-    from .text import clip_skip_layer
+    from ..model.text import clip_skip_layer
 
     if fn is None:
         return NOT_YET
@@ -273,7 +273,7 @@ def transformer_blocks(answer, config) -> Verdict:
     >>> transformer_blocks(70, SDXL_BASE).ok
     True
     """
-    from .unet import BasicTransformerBlock, UNet
+    from ..model.unet import BasicTransformerBlock, UNet
 
     if answer is None:
         return NOT_YET
@@ -326,7 +326,7 @@ def micro_ids_rule(fn) -> Verdict:
     >>> micro_ids_rule(lambda o, c, t: [*o, *c, *t]).ok
     True
     """
-    from .conditioning import micro_conditioning_ids
+    from ..model.conditioning import micro_conditioning_ids
 
     if fn is None:
         return NOT_YET
@@ -433,7 +433,7 @@ def stochastic_samplers(answer) -> Verdict:
     >>> stochastic_samplers({"ddpm", "euler_ancestral"}).ok
     True
     """
-    from .samplers import SAMPLERS
+    from ..sampling.samplers import SAMPLERS
 
     if answer is None:
         return NOT_YET

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .attention import Attention
+from ..model.attention import Attention
 
 
 class AttentionCapture:

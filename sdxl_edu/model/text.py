@@ -18,6 +18,11 @@ is causal, so padding cannot change the prompt's own tokens; but no attention ma
 downstream, and the UNet's cross-attention reads all 77 positions, pads included: the pad
 token changes what the UNet sees.
 
+Upstream, at pinned commits: sgm's `FrozenCLIPEmbedder`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/encoders/modules.py#L335),
+`FrozenOpenCLIPEmbedder2`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/encoders/modules.py#L400).
+
 >>> from sdxl_edu.nano.tokenizers import build_clip_tokenizer  # a tokenizer of three words
 >>> tok = build_clip_tokenizer(["a", "red", "circle"], pad_token="!")
 >>> ids = tokenize(tok, ["a red circle"])

@@ -7,7 +7,7 @@
 - `context` (B, 77, 2048): the text tokens (penultimate layers of CLIP-L and OpenCLIP
   bigG, concatenated), read by every cross-attention layer;
 - `y` (B, 2816): the pooled bigG text embedding and the micro-conditioning sizes
-  (`sdxl_edu.conditioning`), added to the timestep embedding ("adm" in the code, a
+  (`sdxl_edu.model.conditioning`), added to the timestep embedding ("adm" in the code, a
   "label embedding" in the original DDPM UNet).
 
 The network is an encoder (`input_blocks`), a middle (`middle_block`) and a decoder
@@ -23,6 +23,15 @@ The attribute names are the keys of the released single-file checkpoint
 released UNet loads with `load_state_dict(strict=True)` and no key map. The odd indices
 (`in_layers.2`, `out_layers.3`, `label_emb.0.0`) are the positions of those layers in the
 `nn.Sequential` containers of the original code (sgm `openaimodel.py`), kept for that reason.
+
+Upstream, at pinned commits: `UNetModel`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/openaimodel.py#L522),
+`ResBlock`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/openaimodel.py#L260),
+`SpatialTransformer`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/attention.py#L619),
+`timestep_embedding`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/util.py#L237).
 
 >>> import torch
 >>> from sdxl_edu.config import UNetConfig
@@ -41,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import UNetConfig
 from .attention import Attention
-from .config import UNetConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -243,9 +252,8 @@ class UNet(nn.Module):
             nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))) \
             if cfg.adm_in_channels else None
 
-        # Encoder: conv_in, then per level one block per ResBlock, [ResBlock, (SpatialTransformer)],
-        # then a Downsample except at the last level. skip_channels records what each block
-        # hands to the decoder.
+        # Encoder: conv_in, then per level one block per ResBlock, [ResBlock, (SpatialTransformer)], then
+        # a Downsample except at the last level. skip_channels records what each block hands the decoder.
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, C, 3, padding=1))])
         skip_channels, ch = [C], C
         for level, depths in enumerate(cfg.encoder_depths()):
@@ -262,12 +270,10 @@ class UNet(nn.Module):
 
         # The middle: [ResBlock, SpatialTransformer, ResBlock] in SDXL; a single ResBlock or
         # nothing in some distilled variants (KOALA, Vega), which the config says with 0 or None.
-        self.middle_block = None
-        if cfg.transformer_depth_middle == 0:
-            self.middle_block = TimestepEmbedSequential(res_block(ch, ch))
-        elif cfg.transformer_depth_middle:
-            self.middle_block = TimestepEmbedSequential(
-                res_block(ch, ch), transformer(cfg.num_levels - 1, cfg.transformer_depth_middle), res_block(ch, ch))
+        middle = [res_block(ch, ch)]
+        if cfg.transformer_depth_middle:
+            middle += [transformer(cfg.num_levels - 1, cfg.transformer_depth_middle), res_block(ch, ch)]
+        self.middle_block = None if cfg.transformer_depth_middle is None else TimestepEmbedSequential(*middle)
 
         # Decoder: per level (deepest first) one block more than the encoder, each reading one
         # skip (concatenated on channels), the last one of a level ending in an Upsample.

@@ -16,9 +16,9 @@ come from their configs alone.
 
 import torch
 
-from .config import SDXL_CLIP_BIGG, SDXL_CLIP_L, UNetConfig, VAEConfig
-from .unet import SpatialTransformer, UNet
-from .vae import AutoencoderKL
+from ..config import SDXL_CLIP_BIGG, SDXL_CLIP_L, UNetConfig, VAEConfig
+from ..model.unet import SpatialTransformer, UNet
+from ..model.vae import AutoencoderKL
 
 
 def _count(module: torch.nn.Module) -> int:

@@ -52,7 +52,7 @@ def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
     """Least-squares fit of RGB (average over each latent pixel's patch) on scaled latents.
 
     >>> from sdxl_edu.testing import TOY_VAE
-    >>> from sdxl_edu.vae import AutoencoderKL
+    >>> from sdxl_edu.model.vae import AutoencoderKL
     >>> fit_latent_rgb(AutoencoderKL(TOY_VAE)).matrix.shape
     torch.Size([3, 4])
     """

@@ -25,6 +25,13 @@ The unconditional branch of classifier-free guidance has three choices, all expl
   (`force_zeros_for_empty_prompt`);
 - the empty prompt `""`, encoded like any prompt (SD 1.x's choice; the refiner's default);
 - a negative prompt, encoded in its place.
+
+Upstream, at pinned commits: sgm's `GeneralConditioner`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/encoders/modules.py#L71),
+diffusers' `encode_prompt`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py#L283),
+`_get_add_time_ids`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py#L729).
 """
 
 from typing import NamedTuple

@@ -25,6 +25,11 @@ Inference visits only a few of the 1000 timesteps; `timesteps` gives diffusers' 
 to pick them. SDXL's release uses "leading" with an offset of 1 (50 steps: 981, 961, ...,
 1), which never visits t = 999.
 
+Upstream, at pinned commits: sgm's `LegacyDDPMDiscretization`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/discretizer.py#L42),
+diffusers' `EulerDiscreteScheduler.set_timesteps`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/schedulers/scheduling_euler_discrete.py#L350).
+
 >>> s = NoiseSchedule()
 >>> round(s.sigmas[999].item(), 4), round(s.sigmas[1].item(), 6)
 (14.6146, 0.041314)

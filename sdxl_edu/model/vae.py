@@ -24,6 +24,11 @@ Known pitfall: in float16 the decoder's activations overflow (values beyond 6550
 the image comes out black or NaN; decode in float32 or bfloat16 (the "fp16-fix" VAE is
 a retrained copy that avoids it).
 
+Upstream, at pinned commits: `Encoder`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/model.py#L487),
+`Decoder`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/model.py#L604).
+
 >>> import torch
 >>> from sdxl_edu.config import VAEConfig
 >>> vae = AutoencoderKL(VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1))
@@ -40,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VAEConfig
+from ..config import VAEConfig
 
 
 def normalize(channels: int, groups: int = 32) -> nn.GroupNorm:

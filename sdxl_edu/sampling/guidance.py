@@ -28,6 +28,11 @@ It needs a separate classifier, trained on noise, and a backward pass through it
 `guided_eps` puts the three together for one step of a sampler; `Guidance` holds what
 `pipe(...)` was asked for.
 
+Upstream, at pinned commits: sgm's `VanillaCFG`
+(https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/diffusionmodules/guiders.py#L24),
+diffusers' `rescale_noise_cfg`
+(https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py#L84).
+
 >>> import torch
 >>> eps_u, eps_c = torch.zeros(3), torch.ones(3)
 >>> classifier_free_guidance(eps_u, eps_c, 1.0).tolist()  # s = 1: the conditional prediction

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loading import load_pipeline
-from .nano import BASE_FILE, REFINER_FILE
+from ..loading import load_pipeline
+from ..nano import BASE_FILE, REFINER_FILE
 
 REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
@@ -120,9 +120,9 @@ def evaluator():
     """
     from PIL import Image
 
-    from .nano.classifiers import load_evaluator
-    from .nano.data import ATTRIBUTES
-    from .nano.metrics import read
+    from ..nano.classifiers import load_evaluator
+    from ..nano.data import ATTRIBUTES
+    from ..nano.metrics import read
 
     model = load_evaluator()
 
