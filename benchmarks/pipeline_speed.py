@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: E402
-from tiny import bigg, clip_l, parts, randomize, save, to_diffusers, tokenizers  # noqa: E402
-from unet_speed import MID, diffusers_config  # noqa: E402
+from tiny import bigg, clip_l, diffusers_unet_config, parts, randomize, save, to_diffusers, tokenizers  # noqa: E402
+from unet_speed import MID  # noqa: E402
 
 from sdxl_edu import load_pipeline  # noqa: E402
 from sdxl_edu.config import VAEConfig  # noqa: E402
@@ -50,7 +50,7 @@ def main():
     vae_config = dict(block_out_channels=[32, 64, 128, 128], layers_per_block=1, latent_channels=4,
                       down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     theirs = StableDiffusionXLPipeline(
-        unet=to_diffusers(p["unet"], diffusers_unet_names(MID), UNet2DConditionModel(**diffusers_config(MID))),
+        unet=to_diffusers(p["unet"], diffusers_unet_names(MID), UNet2DConditionModel(**diffusers_unet_config(MID))),
         vae=to_diffusers(p["vae"], diffusers_vae_names(VAE), AutoencoderKL(**vae_config)),
         text_encoder=p["text_encoder"], text_encoder_2=p["text_encoder_2"], tokenizer=tok, tokenizer_2=tok_2,
         scheduler=EulerDiscreteScheduler.from_config(json.loads(
