@@ -1,13 +1,13 @@
 """The pipeline: the loaded parts of SDXL and one generation, step by step.
 
     arguments -> all checked before any work             (arguments.py)
-    prompt -> tokens -> text encoders -> context, pooled  (conditioning.py, text.py)
-                                   pooled + sizes -> y    (conditioning.py)
-    noise -> sampler over denoise(x, sigma, t)            (samplers.py)
-             denoise = UNet twice, guidance, v -> eps     (unet.py, guidance.py, schedule.py)
-          -> latents / scaling_factor -> VAE decode -> image   (vae.py)
+    prompt -> tokens -> text encoders -> context, pooled  (model/conditioning.py, model/text.py)
+                                   pooled + sizes -> y    (model/conditioning.py)
+    noise -> sampler over denoise(x, sigma, t)            (sampling/samplers.py)
+             denoise = UNet twice, guidance, v -> eps     (model/unet.py, sampling/guidance.py, sampling/schedule.py)
+          -> latents / scaling_factor -> VAE decode -> image   (model/vae.py)
 
-`load_pipeline` (loading.py) builds a `Pipeline`; its attribute and argument names follow
+`load_pipeline` (loading/) builds a `Pipeline`; its attribute and argument names follow
 diffusers' (`unet`, `vae`, `text_encoder_2`, `encode_prompt`, `guidance_scale`,
 `denoising_end`, ...) and so do its defaults and semantics, so results can be compared
 with diffusers' `StableDiffusionXLPipeline` / `StableDiffusionXLImg2ImgPipeline` number for

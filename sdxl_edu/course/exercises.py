@@ -444,4 +444,4 @@ def stochastic_samplers(answer) -> Verdict:
     if answer == truth:
         return Verdict(True, "Euler ancestral and DDPM draw new noise each step (DDIM does with eta > 0): "
                              "more steps do not make them converge to one picture.")
-    return Verdict(False, "look for a call that draws noise inside the loop in sdxl_edu/samplers.py.")
+    return Verdict(False, "look for a call that draws noise inside the loop in sdxl_edu/sampling/samplers.py.")
