@@ -124,16 +124,15 @@ def read_diffusers_unet_config(cfg: dict) -> UNetConfig:
     True
     """
     widths = cfg["block_out_channels"]
-    levels = range(len(widths))
-    per_level = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(widths)  # noqa: E731
-    blocks, heads = per_level(cfg["layers_per_block"]), per_level(cfg["attention_head_dim"])
+    levels, n = range(len(widths)), len(widths)
+    blocks, heads = one_each(cfg["layers_per_block"], n), one_each(cfg["attention_head_dim"], n)
     attn = [t.startswith("CrossAttn") for t in cfg["down_block_types"]]
-    layers = per_level(cfg.get("transformer_layers_per_block", 1))
-    encoder = [d if a else 0 for i, a in zip(levels, attn) for d in per_level_block(layers[i], blocks[i])]
+    layers = one_each(cfg.get("transformer_layers_per_block", 1), n)
+    encoder = [d if a else 0 for i, a in zip(levels, attn) for d in one_each(layers[i], blocks[i])]
     reverse = cfg.get("reverse_transformer_layers_per_block") or [layers[i] for i in reversed(levels)]
-    decoder = [d if a else 0 for i, a in zip(reversed(levels), reversed(attn))
-               for d in per_level_block(reverse[len(widths) - 1 - i], blocks[i] + 1)]
-    middle = {"UNetMidBlock2DCrossAttn": per_level_block(layers[-1], 1)[0], "UNetMidBlock2D": 0, None: None}[
+    decoder = [d if a else 0 for up, (i, a) in enumerate(zip(reversed(levels), reversed(attn)))
+               for d in one_each(reverse[up], blocks[i] + 1)]
+    middle = {"UNetMidBlock2DCrossAttn": one_each(layers[-1], 1)[0], "UNetMidBlock2D": 0, None: None}[
         cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")]
     head_dims = {w // h for w, h, a in zip(widths, heads, attn) if a}
     return UNetConfig(
@@ -143,9 +142,13 @@ def read_diffusers_unet_config(cfg: dict) -> UNetConfig:
         out_channels=cfg["out_channels"], norm_groups=cfg.get("norm_num_groups", 32))
 
 
-def per_level_block(depth: int | list[int], n: int) -> list[int]:
-    """A level's depth for each of its n blocks: diffusers gives one number or a list."""
-    return list(depth) if isinstance(depth, (list, tuple)) else [depth] * n
+def one_each(value: int | list, n: int) -> list:
+    """diffusers gives a number once for all levels (or blocks) or a list of one each.
+
+    >>> one_each(2, 3), one_each([1, 2, 10], 3)
+    ([2, 2, 2], [1, 2, 10])
+    """
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
 def read_diffusers_vae_config(cfg: dict) -> VAEConfig:
