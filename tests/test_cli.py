@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 from tiny import parts, save
+
+pytestmark = pytest.mark.slow  # each test starts a fresh Python, which pays torch's import
 
 
 def test_info_without_weights():
