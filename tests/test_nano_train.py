@@ -1,17 +1,20 @@
 """nano SDXL's training recipe as one command: every stage runs, resumes, and exports files
-that the released-SDXL loader reads. (`--quick`: 300 pictures a bucket, 3 steps a stage.)"""
+that the released-SDXL loader (and transformers, for the image tower) reads. (`--quick`: 300 pictures a bucket, 3 steps a stage.)"""
 
 import json
 import subprocess
 import sys
 
 import pytest
+import numpy as np
 import safetensors.torch
 import torch
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from sdxl_edu import load_pipeline
 from sdxl_edu.nano import NANO_BASE, NANO_REFINER
-from sdxl_edu.nano.classifiers import Evaluator, NoisyClassifier
+from sdxl_edu.nano.clip import clip_pixels
+from sdxl_edu.nano.scene_classifiers import SceneClassifier, SceneEvaluator
 from sdxl_edu.nano.train import STAGES
 
 pytestmark = pytest.mark.slow  # runs the trainer
@@ -38,8 +41,14 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
     refiner = load_pipeline(weights / "nano_sdxl_refiner.safetensors")
     assert (base.kind, base.unet_config, refiner.kind, refiner.unet_config) == ("base", NANO_BASE, "refiner", NANO_REFINER)
     image = base("a red circle", num_inference_steps=2, seed=0, progress=False).images[0]
-    assert image.size == (64, 64)
-    for name, model in (("nano_classifier", NoisyClassifier()), ("nano_evaluator", Evaluator())):
+    assert image.size == (128, 128)
+    # the image tower as transformers reads it, its processor preparing pictures as the clip stage did
+    tower = CLIPVisionModelWithProjection.from_pretrained(weights / "image_encoder")
+    pixels = CLIPImageProcessor.from_pretrained(weights / "feature_extractor")(images=[image], return_tensors="pt")
+    ours = clip_pixels(np.asarray(image)[None])
+    assert pixels.pixel_values.shape == ours.shape and (pixels.pixel_values - ours).abs().max() < 0.15  # PIL's bicubic
+    assert tower(pixel_values=ours).image_embeds.shape == (1, tower.config.projection_dim)
+    for name, model in (("nano_classifier", SceneClassifier()), ("nano_evaluator", SceneEvaluator())):
         state = safetensors.torch.load_file(weights / f"{name}.safetensors")
         model.load_state_dict({k: v.float() for k, v in state.items()})  # strict: every key, every shape
         assert all(torch.isfinite(v).all() for v in state.values())

@@ -22,14 +22,15 @@ import torch
 
 from ..model.conditioning import Conditioner, micro_conditioning_ids
 from ..sampling.schedule import NoiseSchedule
-from .data import BUCKETS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_caption
+from .data import VOCABULARY
+from .scenes import BUCKETS, captions_from_labels
 from .loop import Run
 from .tokenizers import build_clip_tokenizer
 
 
 def load_data(run: Run) -> list[dict]:
-    """The `data` stage's arrays, one dict per bucket (images, masks, labels, original_size,
-    crop_top_left, cut)."""
+    """The `data` stage's arrays, one dict per bucket (images, object_maps, labels,
+    original_size, crop_top_left, framed)."""
     return [dict(np.load(run.out / f"data_{h}x{w}.npz")) for h, w in BUCKETS]
 
 
@@ -60,16 +61,17 @@ def to_images(uint8: np.ndarray) -> torch.Tensor:
 
 
 def captions_for(rng, labels: np.ndarray, dropout: float) -> tuple[list[str], np.ndarray]:
-    """Fresh captions for stored labels (attributes left out at random), and which are dropped.
+    """Fresh captions for stored scene labels (attributes left out at random, objects in random
+    order), and which of them are dropped.
 
-    >>> small_red_circle_left = np.array([[0, 0, 0, 0]] * 200)  # indices into each ATTRIBUTES tuple
+    >>> small_red_circle_left = np.array([[[0, 0, 0, 0, 1], [-1] * 5, [-1] * 5]] * 200)  # one object per scene
     >>> caps, dropped = captions_for(np.random.default_rng(0), small_red_circle_left, 0.1)
     >>> caps[:4]
     ['a small red circle on the left', 'a small circle', 'a small red circle on the left', 'a circle on the left']
     >>> float(dropped.mean())  # about a tenth, for classifier-free guidance
     0.08
     """
-    caps = [make_caption(rng, SHAPES[s], list(COLOURS)[c], POSITIONS[p], SIZES[z]) for s, c, p, z in labels]
+    caps = [captions_from_labels(rng, scene) for scene in labels]
     return caps, rng.random(len(caps)) < dropout
 
 
@@ -92,7 +94,8 @@ def micro_ids(d: dict, idx: np.ndarray, target_size: tuple[int, int] | None = No
 
 def noisy_latents(rng, schedule: NoiseSchedule, x0: torch.Tensor, t_max: int = 1000):
     """x_t = q_sample(x0, t, eps) with t uniform over 0 .. t_max - 1 and eps ~ N(0, I), drawn
-    in that order from `rng`. Returns (x_t, t, eps); the v target is `schedule.v_target(x0, t, eps)`.
+    in that order from `rng`. Returns (x_t, t, eps); the UNet's target is
+    `schedule.training_target(x0, t, eps)`.
 
     >>> from sdxl_edu.nano import NANO_SCHEDULER
     >>> schedule = NoiseSchedule.from_config(NANO_SCHEDULER)
@@ -117,8 +120,8 @@ def nano_tokenizers():
 
 def frozen_text_embeddings(te1, te2):
     """captions -> (context, pooled) from the frozen encoders, as the pipeline computes them
-    (`Conditioner.encode_text`), remembered per caption: nano's captions come from a few
-    hundred, so the encoders run once for each. The context is both penultimate layers side by
+    (`Conditioner.encode_text`), remembered per caption (up to 20,000 of them): the short
+    captions recur often, so the encoders run once for each. The context is both penultimate layers side by
     side (the base's), or the second's alone when `te1` is None (the refiner's); the pooled
     vector is the second's projection.
 
@@ -141,6 +144,8 @@ def frozen_text_embeddings(te1, te2):
 
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         new = sorted(set(captions) - seen.keys())
+        if len(seen) + len(new) > 20_000:  # scenes have too many captions to keep them all
+            seen.clear()
         if new:
             context, pooled = conditioner.encode_text(new)  # under no_grad: the encoders are frozen
             seen.update({c: (context[i], pooled[i]) for i, c in enumerate(new)})

@@ -5,7 +5,9 @@ ViT-bigG, both pretrained contrastively on image-caption pairs (Radford et al. 2
 freezes them. nano has no such encoders to borrow, so its `clip` stage trains them the same
 way, then freezes them:
 
-- a small image tower (`ImageTower`) embeds nano's latents, one projection per encoder;
+- an image tower, a small ViT (`new_image_encoder`, transformers' `CLIPVisionModelWithProjection`),
+  embeds the picture as CLIP's image processor prepares it (`clip_pixels`); its own
+  projection shares a space with the second encoder, a second one with the first;
 - each encoder embeds the caption: its pooled output (final layer, end-of-text token)
   through a projection (`clip_text_embeddings`);
 - a symmetric cross-entropy over the cosine similarities of every caption with every
@@ -14,9 +16,10 @@ way, then freezes them:
       logits_ij = s <t_i / |t_i|, v_j / |v_j|>,   L = (CE(logits, targets) + CE(logits^T, targets^T)) / 2
 
 `zero_shot_accuracy` is CLIP's own test of the result: which of the 15 "a {colour} {shape}"
-captions is closest to a picture. The image tower and the first encoder's projection are
-thrown away afterwards; the UNets read the encoders' penultimate layers and the second's
-pooled projection, as SDXL's do.
+captions is closest to a picture. The first encoder's projections are thrown away afterwards;
+the image tower is kept with the second encoder, as OpenCLIP's bigG ships both towers (image
+variations embed a picture with it); the UNets read the encoders' penultimate layers and the
+second's pooled projection, as SDXL's do.
 """
 
 import math
@@ -24,10 +27,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig, \
+    CLIPVisionModelWithProjection
 
 from ..model.text import tokenize
-from . import BIGG_LIKE, CLIP_L_LIKE
+from . import BIGG_LIKE, CLIP_L_LIKE, VISION_LIKE
 from .batches import nano_tokenizers
 from .data import COLOURS, SHAPES
 
@@ -44,40 +48,65 @@ def new_text_encoders(vocab_size: int):
             CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_LIKE, **common)))
 
 
-class ImageTower(torch.nn.Module):
-    """CLIP's image encoder in miniature, on cached latents: convolutions, global average
-    pooling, and one projection per text encoder. Used only to pretrain the text encoders.
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
-    >>> [v.shape for v in ImageTower((128, 64))(torch.randn(2, 4, 16, 12))]  # any bucket's latents
-    [torch.Size([2, 128]), torch.Size([2, 64])]
+
+def new_image_encoder() -> CLIPVisionModelWithProjection:
+    """CLIP's image tower in miniature, transformers' class (a ViT on 8 x 8 patches of a 64 x 64
+    picture), exported with the text encoders as the released CLIP image encoders are: its
+    `image_embeds` live in the second text encoder's `text_embeds` space.
+
+    >>> tower = new_image_encoder()
+    >>> tower(pixel_values=torch.zeros(2, 3, 64, 64)).image_embeds.shape
+    torch.Size([2, 128])
     """
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_LIKE))
 
-    def __init__(self, dims: tuple[int, ...]):
-        super().__init__()
-        self.trunk = torch.nn.Sequential(
-            torch.nn.Conv2d(4, 64, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), torch.nn.SiLU())
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(128, d) for d in dims)
 
-    def forward(self, latents: torch.Tensor) -> list[torch.Tensor]:
-        features = self.trunk(latents).mean((2, 3))
-        return [head(features) for head in self.heads]
+def clip_pixels(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 pictures -> what the image tower reads, as CLIP's image processor
+    prepares them: the short side resized to 64 (bicubic, antialiased), the centre 64 x 64
+    cropped, each channel normalised by CLIP's mean and std.
+
+    >>> x = clip_pixels(np.full((1, 96, 160, 3), 255, dtype=np.uint8))
+    >>> tuple(x.shape), [round(v, 3) for v in x[0, :, 0, 0].tolist()]
+    ((1, 3, 64, 64), [1.93, 2.075, 2.146])
+    """
+    size = VISION_LIKE["image_size"]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    h, w = x.shape[-2:]
+    x = F.interpolate(x, size=(round(h * size / min(h, w)), round(w * size / min(h, w))), mode="bicubic",
+                      antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
 
 def clip_heads() -> torch.nn.ModuleDict:
-    """What the `clip` stage trains besides the encoders: a projection for the first encoder's
-    pooled output (SDXL's CLIP ViT-L ships without one), the image tower, and CLIP's learnt
-    temperature, log s, starting at s = 1 / 0.07 as CLIP's does.
+    """What the `clip` stage trains besides the encoders and is then thrown away: a projection
+    of the first text encoder's pooled output (SDXL's CLIP ViT-L ships without one), the image
+    tower's second projection into that space, and CLIP's learnt temperature, log s, starting
+    at s = 1 / 0.07 as CLIP's does.
 
     >>> heads = clip_heads()
     >>> sorted(name for name, _ in heads.named_children()), round(heads.logit_scale.exp().item(), 2)
-    (['image', 'projection_1'], 14.29)
+    (['image_projection_1', 'projection_1'], 14.29)
     """
     heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(CLIP_L_LIKE["hidden_size"], 128, bias=False),
-                                 "image": ImageTower((128, BIGG_LIKE["projection_dim"]))})
+                                 "image_projection_1": torch.nn.Linear(VISION_LIKE["hidden_size"], 128, bias=False)})
     heads.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     return heads
+
+
+def clip_image_embeddings(image_encoder, heads, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """The picture in each text encoder's shared space: the tower's pooled output through
+    `heads.image_projection_1` (for the first) and through its own projection (the second).
+
+    >>> [e.shape for e in clip_image_embeddings(new_image_encoder(), clip_heads(), torch.zeros(2, 3, 64, 64))]
+    [torch.Size([2, 128]), torch.Size([2, 128])]
+    """
+    pooled = image_encoder.vision_model(pixel_values=pixels).pooler_output
+    return [heads.image_projection_1(pooled), image_encoder.visual_projection(pooled)]
 
 
 def contrastive_loss(text: torch.Tensor, image: torch.Tensor, same: torch.Tensor, logit_scale) -> torch.Tensor:
@@ -126,29 +155,30 @@ def clip_text_embeddings(te1, te2, heads, captions: list[str]) -> list[torch.Ten
 
 
 @torch.no_grad()
-def zero_shot_accuracy(te1, te2, heads, latents: list[dict], data: list[dict], n: int = 256) -> dict:
-    """CLIP's zero-shot test: the caption closest to a picture among all 15 "a {colour} {shape}",
-    read as a shape and a colour, for each encoder; n pictures per bucket. Untrained, it is
-    near chance (a third for the shape, a fifth for the colour).
+def zero_shot_accuracy(te1, te2, image_encoder, heads, data: dict, n: int = 256) -> dict:
+    """CLIP's zero-shot test on the first n pictures of one object in a bucket's `data`: the
+    caption closest to the picture among all 15 "a {colour} {shape}", read as a shape and a
+    colour, for each text encoder. Untrained, it is near chance (a third for the shape, a
+    fifth for the colour).
 
+    >>> from sdxl_edu.nano.scenes import make_scene
     >>> te1, te2 = new_text_encoders(len(nano_tokenizers()[0]))
-    >>> heads = torch.nn.ModuleDict({"projection_1": torch.nn.Linear(64, 128), "image": ImageTower((128, 128))})
-    >>> latents = [{"clean": np.random.default_rng(0).standard_normal((8, 4, 16, 16), dtype=np.float32)}]
-    >>> data = [{"labels": np.zeros((8, 4), dtype=int)}]
-    >>> accuracy = zero_shot_accuracy(te1, te2, heads, latents, data, n=8)
+    >>> rng = np.random.default_rng(0)
+    >>> scenes = [make_scene(rng, (128, 128)) for _ in range(24)]
+    >>> data = {"images": np.stack([s.image for s in scenes]), "labels": np.stack([s.labels for s in scenes])}
+    >>> accuracy = zero_shot_accuracy(te1, te2, new_image_encoder(), clip_heads(), data, n=8)
     >>> sorted(accuracy), all(0 <= v <= 1 for v in accuracy.values())
     (['text_encoder_1_colour', 'text_encoder_1_shape', 'text_encoder_2_colour', 'text_encoder_2_shape'], True)
     """
+    alone = np.flatnonzero((data["labels"][:, :, 0] >= 0).sum(1) == 1)[:n]  # scenes of a single object
+    labels = data["labels"][alone, 0]
     pairs = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
     prompts = [f"a {list(COLOURS)[c]} {SHAPES[s]}" for s, c in pairs]
-    texts = [F.normalize(e, dim=-1) for e in clip_text_embeddings(te1, te2, heads, prompts)]
+    texts = clip_text_embeddings(te1, te2, heads, prompts)
+    images = clip_image_embeddings(image_encoder, heads, clip_pixels(data["images"][alone]))
     result = {}
-    for i, text in enumerate(texts, 1):
-        hits = {"shape": [], "colour": []}
-        for bucket_latents, bucket_data in zip(latents, data):
-            image = F.normalize(heads.image(torch.from_numpy(bucket_latents["clean"][:n]).float())[i - 1], dim=-1)
-            best = np.array(pairs)[(image @ text.T).argmax(-1).numpy()]
-            hits["shape"] += list(best[:, 0] == bucket_data["labels"][:n, 0])
-            hits["colour"] += list(best[:, 1] == bucket_data["labels"][:n, 1])
-        result.update({f"text_encoder_{i}_{k}": float(np.mean(v)) for k, v in hits.items()})
+    for i, (text, image) in enumerate(zip(texts, images), 1):
+        best = np.array(pairs)[(F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T).argmax(-1).numpy()]
+        result[f"text_encoder_{i}_shape"] = float(np.mean(best[:, 0] == labels[:, 0]))
+        result[f"text_encoder_{i}_colour"] = float(np.mean(best[:, 1] == labels[:, 1]))
     return result

@@ -3,22 +3,22 @@
 Stages (`sdxl_edu.nano.stages`), each resumable from its last checkpoint and deterministic
 given the seed, in this order:
 
-1. `data`: render the dataset, one array per aspect bucket;
-2. `vae`: the KL autoencoder, and its scaling factor (1 / std of the latents, as SDXL's);
-3. `latents`: every picture encoded once, clean and degraded (the autoencoder is frozen);
-4. `clip`: both text encoders pretrained contrastively, as CLIP was, then frozen;
-5. `base`: the base UNet, v-prediction, t uniform over 0..999, 10% of captions dropped;
+1. `data`: render the scenes, one array per aspect bucket;
+2. `vae`: the KL autoencoder (f = 8), and its scaling factor (1 / std of the latents, as SDXL's);
+3. `latents`: every picture encoded once, and degraded copies (the autoencoder is frozen);
+4. `clip`: both text encoders and an image tower pretrained contrastively, as CLIP was, then frozen;
+5. `base`: the base UNet, epsilon prediction, t uniform over 0..999, 10% of captions dropped;
 6. `refiner`: the refiner UNet on t < 200 only, told an aesthetic score;
 7. `classifiers`: the noise-aware classifier and the evaluator;
-8. `export`: single-file checkpoints in the released layout, tokenizers, classifiers, into
-   `sdxl_edu/nano/weights/`.
+8. `export`: single-file checkpoints in the released layout, tokenizers, the image tower,
+   classifiers, into `sdxl_edu/nano/weights/`.
 
 Every stage trains with one loop (`sdxl_edu.nano.loop.fit`): AdamW, warm-up and cosine decay,
 and an exponential moving average of the weights, which is what gets exported, as for SDXL.
 `--quick` runs every stage on 300 pictures a bucket for 3 steps each; tests/test_nano_train.py
 runs it, and is the example for the stage functions.
 `--continue-from-shipped` starts the UNets from the shipped weights (and keeps their text
-encoders, frozen, and their autoencoder), so training can go on across sessions.
+encoders, image tower and autoencoder, frozen), so training can go on across sessions.
 """
 
 import argparse
@@ -29,8 +29,9 @@ import torch
 from ..sampling.schedule import NoiseSchedule
 from . import NANO_SCHEDULER, WEIGHTS
 from .loop import Run
-from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, stage_base, stage_classifiers, stage_clip, stage_data, \
-    stage_export, stage_latents, stage_refiner, stage_vae, trained_vae
+from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, save_clip, shipped_image_encoder, stage_base, \
+    stage_classifiers, stage_clip, stage_data, stage_export, stage_latents, stage_refiner, stage_vae, trained_clip, \
+    trained_vae
 
 QUICK_SAMPLES_PER_BUCKET, QUICK_STEPS = 300, 3
 
@@ -66,9 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def shipped_pipelines(run: Run):
-    """The shipped base and refiner, to continue from; their autoencoder stands in for the
-    `vae` stage's, frozen as it is."""
+def continue_from_shipped(run: Run):
+    """The shipped base and refiner, to continue from; their autoencoder and CLIP towers stand
+    in for the `vae` and `clip` stages', frozen as they are."""
     from ..loading import load_pipeline
     from . import BASE_FILE, REFINER_FILE
 
@@ -77,11 +78,15 @@ def shipped_pipelines(run: Run):
         torch.save({"state": {k: v.float() for k, v in shipped.vae.state_dict().items()},
                     "scaling_factor": shipped.vae.scaling_factor}, run.out / "vae.pt")
         run.mark_done("vae", scaling_factor=shipped.vae.scaling_factor, source="shipped")
+    if not run.done("clip"):
+        save_clip(run, shipped.text_encoder, shipped.text_encoder_2, shipped_image_encoder())
+        run.mark_done("clip", source="shipped")
     return shipped, shipped_refiner
 
 
 def main(argv=None) -> None:
-    """The command line: every stage not yet done, in order; `--stages` picks some.
+    """The command line: the stages asked for (all by default), in order. Each stage leaves its
+    product in the run's folder, where the later ones read it.
 
     >>> main(["--steps", "unet=100"])
     Traceback (most recent call last):
@@ -94,34 +99,30 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run, schedule = Run(Path(args.out), args.seed), NoiseSchedule.from_config(NANO_SCHEDULER)
-    wanted = set(args.stages.split(","))
-    if "data" in wanted and not run.done("data"):
+    # a training stage asked for runs even when done: `fit` resumes it to a new `--steps` count
+    wanted = [stage for stage in STAGES if stage in args.stages.split(",")
+              and not (stage in ("data", "vae", "latents") and run.done(stage))]
+    if "data" in wanted:
         stage_data(run, QUICK_SAMPLES_PER_BUCKET if args.quick else SAMPLES_PER_BUCKET)
         run.mark_done("data")
-    shipped, shipped_refiner = shipped_pipelines(run) if args.continue_from_shipped else (None, None)
-    if "vae" in wanted and not run.done("vae"):
-        stage_vae(run)
-        run.mark_done("vae", scaling_factor=trained_vae(run).scaling_factor)
-    if "latents" in wanted and not run.done("latents"):
-        stage_latents(run)
-        run.mark_done("latents")
-    base = None
-    if {"clip", "base", "refiner", "export"} & wanted:
-        text_encoders = ((shipped.text_encoder.float(), shipped.text_encoder_2.float()) if shipped is not None
-                         else stage_clip(run))
-        run.mark_done("clip")
-        if {"base", "refiner", "export"} & wanted:
-            base = stage_base(run, schedule, text_encoders, shipped)
-            run.mark_done("base")
-    if {"refiner", "export"} & wanted:
-        refiner = stage_refiner(run, schedule, base["text_encoder_2"], shipped_refiner)
-        run.mark_done("refiner")
-    if {"classifiers", "export"} & wanted:
-        classifier, evaluator = stage_classifiers(run, schedule, trained_vae(run))
-        run.mark_done("classifiers")
-    if "export" in wanted:
-        stage_export(run, trained_vae(run), base, refiner, classifier, evaluator, Path(args.weights))
-        run.mark_done("export")
+    shipped, shipped_refiner = continue_from_shipped(run) if args.continue_from_shipped else (None, None)
+    for stage in wanted:
+        if stage == "vae":
+            run.mark_done("vae", scaling_factor=stage_vae(run).scaling_factor)
+        elif stage == "latents":
+            stage_latents(run)
+        elif stage == "clip":
+            stage_clip(run)
+        elif stage == "base":
+            stage_base(run, schedule, trained_clip(run)[:2], shipped)
+        elif stage == "refiner":
+            stage_refiner(run, schedule, trained_clip(run)[1], shipped_refiner)
+        elif stage == "classifiers":
+            stage_classifiers(run, schedule, trained_vae(run))
+        elif stage == "export":
+            stage_export(run, Path(args.weights))
+        if stage not in ("data", "vae"):
+            run.mark_done(stage)
 
 
 if __name__ == "__main__":

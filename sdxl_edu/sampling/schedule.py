@@ -146,6 +146,18 @@ class NoiseSchedule:
         alpha_bar = self.alphas_cumprod.to(x0.device)[t.long()].reshape(-1, *[1] * (x0.ndim - 1))
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the UNet learns to output for x_t = q_sample(x0, t, noise): the noise itself
+        for an epsilon model (SDXL's, Ho et al. 2020), `v_target` for a v-prediction one.
+
+        >>> x0, noise, t = torch.ones(1, 1), torch.zeros(1, 1), torch.tensor([999])
+        >>> NoiseSchedule().training_target(x0, t, noise).item()
+        0.0
+        >>> round(NoiseSchedule(prediction_type="v_prediction").training_target(x0, t, noise).item(), 4)
+        -0.9977
+        """
+        return self.v_target(x0, t, noise) if self.prediction_type == "v_prediction" else noise
+
     def to_eps(self, out: torch.Tensor, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The UNet's output as a noise prediction: as it is for an epsilon model, through
         `v_to_eps` for a v-prediction one (x is the sampler's state in the sigma view).
