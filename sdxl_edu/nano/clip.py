@@ -27,6 +27,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig, \
     CLIPVisionModelWithProjection
 
@@ -64,21 +65,25 @@ def new_image_encoder() -> CLIPVisionModelWithProjection:
 
 
 def clip_pixels(images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 pictures -> what the image tower reads, as CLIP's image processor
-    prepares them: the short side resized to 64 (bicubic, antialiased), the centre 64 x 64
-    cropped, each channel normalised by CLIP's mean and std.
+    """(B, H, W, 3) uint8 pictures -> what the image tower reads, prepared as CLIP's image
+    processor (transformers' `CLIPImageProcessor`, shipped beside the tower) prepares them:
+    the short side resized to 64 with PIL's bicubic filter, the centre 64 x 64 cropped, each
+    channel scaled to [0, 1] and normalised by CLIP's mean and std.
 
     >>> x = clip_pixels(np.full((1, 96, 160, 3), 255, dtype=np.uint8))
     >>> tuple(x.shape), [round(v, 3) for v in x[0, :, 0, 0].tolist()]
     ((1, 3, 64, 64), [1.93, 2.075, 2.146])
     """
     size = VISION_LIKE["image_size"]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    h, w = x.shape[-2:]
-    x = F.interpolate(x, size=(round(h * size / min(h, w)), round(w * size / min(h, w))), mode="bicubic",
-                      antialias=True, align_corners=False)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    prepared = []
+    for image in images:
+        h, w = image.shape[:2]
+        short, long = (h, w) if h <= w else (w, h)
+        long = int(size * long / short)
+        picture = np.asarray(Image.fromarray(image).resize((long, size) if h <= w else (size, long), Image.BICUBIC))
+        top, left = (picture.shape[0] - size) // 2, (picture.shape[1] - size) // 2
+        prepared.append(picture[top:top + size, left:left + size])
+    x = torch.from_numpy(np.stack(prepared)).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
 

@@ -106,3 +106,19 @@ def presence(labels: np.ndarray) -> np.ndarray:
             if shape >= 0 and named:
                 out[i, shape, colour] = 1
     return out
+
+
+def load_scene_evaluator(path) -> SceneEvaluator:
+    """An exported evaluator (fp16 safetensors) in float32, frozen."""
+    import safetensors.torch
+    model = SceneEvaluator()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+    return model.eval().requires_grad_(False)
+
+
+def load_scene_classifier(path) -> SceneClassifier:
+    """An exported noise-aware classifier (fp16 safetensors) in float32, frozen."""
+    import safetensors.torch
+    model = SceneClassifier()
+    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+    return model.eval().requires_grad_(False)

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .data import COLOURS, POSITIONS, REGIONS, SHAPES, SIZES, SUPERSAMPLE, background, make_caption, position_of
+from .data import COLOURS, PHRASES, POSITIONS, REGIONS, SHAPES, SIZES, SUPERSAMPLE, background, make_caption, \
+    position_of
 
 BUCKETS = ((128, 128), (96, 160), (160, 96))  # (height, width): 16 x 16, 12 x 20 and 20 x 12 latents at f = 8
 OBJECT_COUNTS = {1: 0.3, 2: 0.4, 3: 0.3}  # how many objects an original holds, and how often
@@ -228,3 +229,59 @@ def captions_from_labels(rng, labels: np.ndarray) -> str:
     objects = [SceneObject(SHAPES[s], list(COLOURS)[c], SIZES[z], POSITIONS[p], 1.0, bool(n))
                for s, c, p, z, n in labels if s >= 0]
     return scene_caption(rng, objects)
+
+
+def parse_caption(caption: str) -> list[dict]:
+    """The objects a caption names, each a dict of shape, colour, size and position (None
+    where the caption leaves it out).
+
+    >>> parse_caption("a small red circle on the left and a square")
+    [{'shape': 'circle', 'colour': 'red', 'size': 'small', 'position': 'left'}, \
+{'shape': 'square', 'colour': None, 'size': None, 'position': None}]
+    """
+    objects = []
+    for phrase in caption.split(" and "):
+        words = phrase.split()
+        objects.append({"shape": next(w for w in words if w in SHAPES),
+                        "colour": next((w for w in words if w in COLOURS), None),
+                        "size": next((w for w in words if w in SIZES), None),
+                        "position": next((p for p in POSITIONS if PHRASES[p] in phrase), None)})
+    return objects
+
+
+def render_caption(rng, caption: str, bucket: tuple[int, int] = BUCKETS[0], tries: int = 100) -> Scene:
+    """A scene that shows exactly what the caption says, uncropped: each named object in its
+    colour, size and position, whatever the caption leaves out drawn at random. The truthful
+    generator against which the benchmark's reading is checked.
+
+    >>> s = render_caption(np.random.default_rng(0), "a red circle on the left and a blue square")
+    >>> [(o.shape, o.colour, o.position) for o in s.objects][0]
+    ('circle', 'red', 'left')
+    """
+    wanted = parse_caption(caption)
+    bh, bw = bucket
+    for _ in range(tries):
+        objects = []
+        for w in wanted:
+            size_word = w["size"] or rng.choice(SIZES)
+            size = min(bucket) * (0.25 if size_word == "small" else 0.5) * rng.uniform(0.9, 1.1)
+            (y0, y1), (x0, x1) = REGIONS[w["position"] or rng.choice(POSITIONS)]
+            m = size / 2 + 3.5
+            cy, cx = float(np.clip(rng.uniform(y0, y1) * bh, m, bh - m)), float(np.clip(rng.uniform(x0, x1) * bw, m, bw - m))
+            objects.append(dict(shape=w["shape"], colour=w["colour"] or rng.choice(list(COLOURS)), size_word=size_word,
+                                size=size, cy=cy, cx=cx))
+        if not all(apart((a["cy"], a["cx"], a["size"] / 2), (b["cy"], b["cx"], b["size"] / 2))
+                   for i, a in enumerate(objects) for b in objects[i + 1:]):
+            continue
+        masks = [coverage(o["shape"], bh, bw, o["cy"], o["cx"], o["size"]) > 0.5 for o in objects]
+        if all(w["position"] in (None, position_of(m)) for w, m in zip(wanted, masks)):
+            break
+    else:
+        raise ValueError(f"no room for {caption!r} in {bucket} after {tries} tries")
+    image = render(rng, bh, bw, objects).clip(0, 255).astype(np.uint8)
+    object_map = np.zeros((bh, bw), dtype=np.uint8)
+    for k, m in enumerate(masks, 1):
+        object_map[m] = k
+    scene_objects = [SceneObject(o["shape"], o["colour"], o["size_word"], position_of(m), 1.0, True)
+                     for o, m in zip(objects, masks)]
+    return Scene(image, object_map, scene_objects, caption, (bh, bw), (0, 0), (bh, bw), True)

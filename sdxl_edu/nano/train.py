@@ -34,6 +34,7 @@ from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, save_clip, shipped_image_
     trained_vae
 
 QUICK_SAMPLES_PER_BUCKET, QUICK_STEPS = 300, 3
+STEP_OWNERS = {"vae_pictures": "vae", "classifier": "classifiers", "evaluator": "classifiers"}  # step names -> stage
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything: a smoke test")
     parser.add_argument("--steps", default="", help="override step counts, e.g. base=6000,evaluator=2500 (a stage "
                                                     "resumes from its checkpoint and trains on to the new count)")
+    parser.add_argument("--pack", help="copy what a later session needs to go on into this folder, then stop")
     parser.add_argument("--continue-from-shipped", action="store_true",
                         help="start the UNets from the shipped weights and take their text encoders and "
                              "autoencoder as it is (a session's training does not outlive the session)")
@@ -84,9 +86,38 @@ def continue_from_shipped(run: Run):
     return shipped, shipped_refiner
 
 
+def pack(run: Run, folder: Path) -> None:
+    """Copy what a later session needs to go on from `run` into `folder` (to be committed: a
+    session's machine does not outlive it): the done marks, the log, the autoencoder and CLIP
+    towers, and the averaged weights of every finished training stage (not their optimiser
+    state: a finished stage is only read). The data and latents are re-made from the seed.
+
+    >>> import tempfile
+    >>> run = Run(Path(tempfile.mkdtemp()), seed=0); run.mark_done("data"); run.mark_done("vae")
+    >>> run.log(stage="vae", step=1); folder = Path(tempfile.mkdtemp()) / "packed"
+    >>> pack(run, folder); sorted(p.name for p in folder.iterdir())
+    ['log.jsonl', 'vae.done']
+    """
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    remade = {"data.done", "latents.done"}  # their arrays are gigabytes: a later session re-makes them
+    for path in [*run.out.glob("*.done"), run.out / "log.jsonl", run.out / "vae.pt", run.out / "clip.pt"]:
+        if path.name in remade:
+            continue
+        if path.exists():
+            shutil.copy(path, folder / path.name)
+    for name in ("classifier", "evaluator", "refiner", "base"):
+        done = run.done(STEP_OWNERS.get(name, name))
+        if done and (run.out / f"{name}.ckpt").exists():
+            state = torch.load(run.out / f"{name}.ckpt", weights_only=False)  # our own file
+            torch.save({"emas": state["emas"], "step": state["step"]}, folder / f"{name}.ckpt")
+
+
 def main(argv=None) -> None:
-    """The command line: the stages asked for (all by default), in order. Each stage leaves its
-    product in the run's folder, where the later ones read it.
+    """The command line: the stages asked for (all by default) that are not done, in order,
+    and those whose `--steps` count was raised. Each stage leaves its product in the run's
+    folder, where the later ones read it.
 
     >>> main(["--steps", "unet=100"])
     Traceback (most recent call last):
@@ -99,9 +130,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run, schedule = Run(Path(args.out), args.seed), NoiseSchedule.from_config(NANO_SCHEDULER)
-    # a training stage asked for runs even when done: `fit` resumes it to a new `--steps` count
+    if args.pack:
+        return pack(run, Path(args.pack))
+    reopened = {STEP_OWNERS.get(name, name) for name in args.step_counts}  # `fit` resumes them to the new count
     wanted = [stage for stage in STAGES if stage in args.stages.split(",")
-              and not (stage in ("data", "vae", "latents") and run.done(stage))]
+              and (stage == "export" or stage in reopened or not run.done(stage))]
     if "data" in wanted:
         stage_data(run, QUICK_SAMPLES_PER_BUCKET if args.quick else SAMPLES_PER_BUCKET)
         run.mark_done("data")
