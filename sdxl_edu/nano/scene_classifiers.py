@@ -57,11 +57,11 @@ class SceneClassifier(nn.Module):
 
 class SceneEvaluator(nn.Module):
     """Per-pixel classes at a quarter of the side (background or a (shape, colour) pair) and a
-    degradation level, from a picture in [-1, 1]. A small U-Net: down to an eighth of the side,
-    where a large object (half the picture) fits in the receptive field, and back up to a
-    quarter with the skip connection."""
+    degradation level, from a picture in [-1, 1]. A small U-Net on the picture at half size:
+    down to an eighth of the side, where a large object (half the picture) fits in the
+    receptive field, and back up to a quarter with the skip connection."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         self.down = nn.ModuleList([_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width),
                                    _block(4 * width, 4 * width)])
@@ -70,8 +70,8 @@ class SceneEvaluator(nn.Module):
         self.degradation = nn.Linear(4 * width, 1)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.down[0](images)
-        h = self.down[1](F.avg_pool2d(h, 2))  # a half
+        h = self.down[0](F.avg_pool2d(images, 2))  # read at half size: a small object is still 16 pixels across
+        h = self.down[1](h)
         quarter = self.down[2](F.avg_pool2d(h, 2))
         eighth = self.down[3](F.avg_pool2d(quarter, 2))
         h = self.up(torch.cat([F.interpolate(eighth, size=quarter.shape[-2:], mode="nearest"), quarter], 1))
