@@ -48,13 +48,16 @@ def rate(hits) -> dict:
 
     >>> rate([True] * 57 + [False] * 3)
     {'rate': 0.95, 'low': 0.863, 'high': 0.983, 'n': 60}
+    >>> rate([False] * 30)["low"]
+    0.0
     """
     n, k, z = len(hits), int(np.sum(hits)), 1.96
     if n == 0:
         return {"rate": float("nan"), "low": 0.0, "high": 1.0, "n": 0}
     p = k / n
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"rate": round(p, 3), "low": round(float(centre - half), 3), "high": round(float(centre + half), 3), "n": n}
+    low, high = max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    return {"rate": round(p, 3), "low": round(low, 3), "high": round(high, 3), "n": n}
 
 
 def phrase(shape: str, colour: str | None = None, position: str | None = None) -> str:

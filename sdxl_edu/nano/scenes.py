@@ -249,7 +249,7 @@ def parse_caption(caption: str) -> list[dict]:
     return objects
 
 
-def render_caption(rng, caption: str, bucket: tuple[int, int] = BUCKETS[0], tries: int = 100) -> Scene:
+def render_caption(rng, caption: str, bucket: tuple[int, int] = BUCKETS[0], tries: int = 2000) -> Scene:
     """A scene that shows exactly what the caption says, uncropped: each named object in its
     colour, size and position, whatever the caption leaves out drawn at random. The truthful
     generator against which the benchmark's reading is checked.
