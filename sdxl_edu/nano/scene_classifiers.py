@@ -108,17 +108,18 @@ def presence(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_scene_evaluator(path) -> SceneEvaluator:
-    """An exported evaluator (fp16 safetensors) in float32, frozen."""
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """An exported classifier's fp16 safetensors into `model`, in float32, frozen."""
     import safetensors.torch
-    model = SceneEvaluator()
     model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
     return model.eval().requires_grad_(False)
+
+
+def load_scene_evaluator(path) -> SceneEvaluator:
+    """An exported evaluator, frozen."""
+    return load_weights(SceneEvaluator(), path)
 
 
 def load_scene_classifier(path) -> SceneClassifier:
-    """An exported noise-aware classifier (fp16 safetensors) in float32, frozen."""
-    import safetensors.torch
-    model = SceneClassifier()
-    model.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
-    return model.eval().requires_grad_(False)
+    """An exported noise-aware classifier, frozen."""
+    return load_weights(SceneClassifier(), path)

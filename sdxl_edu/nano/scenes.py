@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .data import COLOURS, PHRASES, POSITIONS, REGIONS, SHAPES, SIZES, SUPERSAMPLE, background, make_caption, \
+from .data import COLOURS, PHRASES, POSITIONS, REGIONS, SHAPES, SIZES, background, coverage, make_caption, \
     position_of
 
 BUCKETS = ((128, 128), (96, 160), (160, 96))  # (height, width): 16 x 16, 12 x 20 and 20 x 12 latents at f = 8
@@ -75,35 +75,6 @@ class Scene:
             rows[i] = (SHAPES.index(o.shape), list(COLOURS).index(o.colour), POSITIONS.index(o.position),
                        SIZES.index(o.size), o.named)
         return rows
-
-
-def coverage(shape: str, h: int, w: int, cy: float, cx: float, size: float) -> np.ndarray:
-    """Anti-aliased coverage (h, w) in [0, 1] of an upright filled shape (diameter, side, or
-    base = height `size`) centred at (cy, cx), in pixels. Only the shape's bounding box is
-    supersampled, so a large picture costs what its object does.
-
-    >>> c = coverage("square", 8, 8, 4.0, 4.0, 4.0)
-    >>> float(c.sum()), float(c[2:6, 2:6].min())
-    (16.0, 1.0)
-    """
-    r = size / 2
-    y0, y1 = max(0, int(cy - r) - 1), min(h, int(np.ceil(cy + r)) + 1)
-    x0, x1 = max(0, int(cx - r) - 1), min(w, int(np.ceil(cx + r)) + 1)
-    out = np.zeros((h, w))
-    if y1 <= y0 or x1 <= x0:
-        return out
-    s = SUPERSAMPLE
-    yy, xx = np.meshgrid(y0 + (np.arange((y1 - y0) * s) + 0.5) / s, x0 + (np.arange((x1 - x0) * s) + 0.5) / s,
-                         indexing="ij")
-    if shape == "circle":
-        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-    elif shape == "square":
-        inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
-    else:  # triangle, apex up: at height v above the base, the half-width is r (1 - v / size)
-        v = (cy + r) - yy
-        inside = (v >= 0) & (v <= size) & (np.abs(xx - cx) <= r * (1 - v / size))
-    out[y0:y1, x0:x1] = inside.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3))
-    return out
 
 
 def apart(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
