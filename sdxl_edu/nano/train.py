@@ -89,14 +89,18 @@ def continue_from_shipped(run: Run):
 def pack(run: Run, folder: Path) -> None:
     """Copy what a later session needs to go on from `run` into `folder` (to be committed: a
     session's machine does not outlive it): the done marks, the log, the autoencoder and CLIP
-    towers, and the averaged weights of every finished training stage (not their optimiser
-    state: a finished stage is only read). The data and latents are re-made from the seed.
+    towers, the averaged weights of every finished training stage (not their optimiser state:
+    a finished stage is only read), and the whole checkpoint of an unfinished one, so that
+    `fit` resumes it where it stopped. The data and latents are re-made from the seed.
 
     >>> import tempfile
     >>> run = Run(Path(tempfile.mkdtemp()), seed=0); run.mark_done("data"); run.mark_done("vae")
     >>> run.log(stage="vae", step=1); folder = Path(tempfile.mkdtemp()) / "packed"
+    >>> _ = (run.out / "base.ckpt").write_bytes(b"base, stopped at step 250")  # not done: kept whole
     >>> pack(run, folder); sorted(p.name for p in folder.iterdir())
-    ['log.jsonl', 'vae.done']
+    ['base.ckpt', 'log.jsonl', 'vae.done']
+    >>> (folder / "base.ckpt").read_bytes()
+    b'base, stopped at step 250'
     """
     import shutil
 
@@ -108,10 +112,14 @@ def pack(run: Run, folder: Path) -> None:
         if path.exists():
             shutil.copy(path, folder / path.name)
     for name in ("classifier", "evaluator", "refiner", "base"):
-        done = run.done(STEP_OWNERS.get(name, name))
-        if done and (run.out / f"{name}.ckpt").exists():
-            state = torch.load(run.out / f"{name}.ckpt", weights_only=False)  # our own file
-            torch.save({"emas": state["emas"], "step": state["step"]}, folder / f"{name}.ckpt")
+        ckpt = run.out / f"{name}.ckpt"
+        if not ckpt.exists():
+            continue
+        if run.done(STEP_OWNERS.get(name, name)):
+            state = torch.load(ckpt, weights_only=False)  # our own file
+            torch.save({"emas": state["emas"], "step": state["step"]}, folder / ckpt.name)
+        else:  # unfinished: all of it (weights, EMA, optimiser, schedule, data order) to resume exactly
+            shutil.copy(ckpt, folder / ckpt.name)
 
 
 def main(argv=None) -> None:
