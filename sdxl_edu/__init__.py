@@ -6,10 +6,11 @@
 """
 
 from .config import SDXL_BASE, SDXL_REFINER, SDXL_VAE, UNetConfig, VAEConfig
-from .loading import load_pipeline
+from .loading import load_pipeline, load_variation_pipeline
 from .loading.checkpoint import CheckpointError
 from .pipeline import Pipeline
+from .variations import ImageVariationPipeline
 
-__all__ = ["load_pipeline", "Pipeline", "CheckpointError", "UNetConfig", "VAEConfig",
-           "SDXL_BASE", "SDXL_REFINER", "SDXL_VAE"]
+__all__ = ["load_pipeline", "load_variation_pipeline", "Pipeline", "ImageVariationPipeline", "CheckpointError",
+           "UNetConfig", "VAEConfig", "SDXL_BASE", "SDXL_REFINER", "SDXL_VAE"]
 __version__ = "0.1.0"

@@ -45,16 +45,87 @@ def check_pipeline_arguments(pipe, arguments: dict) -> None:
     Traceback (most recent call last):
     ValueError: denoising_end must be a number in (0, 1) (the fraction of the schedule ...); got 1.5
     """
-    parameters = inspect.signature(pipe.__call__).parameters
-    unknown = set(arguments) - set(parameters)
-    if unknown:
-        raise TypeError(f"pipe() got unexpected arguments {sorted(unknown)}; it takes {list(parameters)}")
-    a = SimpleNamespace(**{**{name: p.default for name, p in parameters.items()}, **arguments})
+    a = _with_defaults(pipe, arguments)
     _check_run(a)
     _check_guidance(a)
     images = _check_text(pipe, a)
     _check_image(pipe, a, images)
     _check_micro_conditioning(a)
+
+
+def check_variation_arguments(pipe, arguments: dict) -> None:
+    """Check an image-variation call's arguments (`sdxl_edu.variations`), given by name.
+
+    >>> import tempfile
+    >>> from sdxl_edu import load_pipeline
+    >>> from sdxl_edu.testing import save_toy_checkpoint
+    >>> pipe = load_pipeline(save_toy_checkpoint(tempfile.mkdtemp(), "unclip"))  # its embeddings are 24 wide
+    >>> check_variation_arguments(pipe, {"image_embeds": torch.zeros(2, 7)})
+    Traceback (most recent call last):
+    ValueError: image_embeds must have shape (pictures, 24), the image tower's embeddings (pipe.encode_image); got (2, 7)
+    """
+    a = _with_defaults(pipe, arguments)
+    _check_run(a)
+    check_number("guidance_scale", a.guidance_scale)
+    check_number("noise_level", a.noise_level, 0, pipe.noise_augmentor.max_noise_level - 1, integer=True,
+                 why="how far the picture's embedding is noised before the UNet reads it")
+    if (a.image is None) == (a.image_embeds is None):
+        raise ValueError("give the picture to vary as image= (a PIL image or a list of them), or its CLIP "
+                         "embedding as image_embeds=, not both" if a.image is not None else
+                         "image variations need a picture: pass image= (a PIL image or a list of them) "
+                         "or image_embeds= (CLIP image embeddings, pipe.encode_image's)")
+    pictures = _check_variation_input(pipe, a)
+    prompts = prompt_list("prompt", a.prompt)
+    if not isinstance(a.prompt, str) and len(prompts) != pictures:
+        raise ValueError(f"prompt has {len(prompts)} entries but {pictures} pictures were given: give one prompt "
+                         "per picture, or a single string for all")
+    if a.negative_prompt is not None:
+        negatives = prompt_list("negative_prompt", a.negative_prompt)
+        if not isinstance(a.negative_prompt, str) and len(negatives) != pictures:
+            raise ValueError(f"negative_prompt has {len(negatives)} entries but {pictures} pictures were given")
+    check_number("num_images_per_prompt", a.num_images_per_prompt, low=1, integer=True)
+    for name in ("height", "width"):
+        check_number(name, getattr(a, name), low=1, integer=True, optional=True)
+    height, width = a.height or pipe.default_size, a.width or pipe.default_size
+    pipe.check_image_size(height, width)
+    check_type("latents", a.latents, torch.Tensor, "a tensor", optional=True)
+    f = pipe.vae_scale_factor
+    expected = (pictures * a.num_images_per_prompt, pipe.unet_config.in_channels, height // f, width // f)
+    if a.latents is not None and tuple(a.latents.shape) != expected:
+        raise ValueError(f"latents must have shape {expected} (images, channels, height / {f}, width / {f}); "
+                         f"got {tuple(a.latents.shape)}")
+
+
+def _check_variation_input(pipe, a: SimpleNamespace) -> int:
+    """image or image_embeds; returns the number of pictures."""
+    dim, size = pipe.noise_augmentor.data_mean.shape[1], pipe.image_encoder.config.image_size
+    if a.image_embeds is not None:
+        check_type("image_embeds", a.image_embeds, torch.Tensor, "a tensor of CLIP image embeddings")
+        if a.image_embeds.ndim != 2 or a.image_embeds.shape[1] != dim:
+            raise ValueError(f"image_embeds must have shape (pictures, {dim}), the image tower's embeddings "
+                             f"(pipe.encode_image); got {tuple(a.image_embeds.shape)}")
+        return a.image_embeds.shape[0]
+    check_type("image", a.image, (Image.Image, list, torch.Tensor), "a PIL image, a list of them or a tensor")
+    if isinstance(a.image, list):
+        if not a.image or not all(isinstance(im, Image.Image) for im in a.image):
+            raise TypeError("image must be a PIL image or a non-empty list of PIL images")
+        return len(a.image)
+    if isinstance(a.image, torch.Tensor):
+        if a.image.ndim != 4 or tuple(a.image.shape[1:]) != (3, size, size):
+            raise ValueError(f"a tensor image is read as pixel values prepared for CLIP's image tower, shape "
+                             f"(pictures, 3, {size}, {size}); got {tuple(a.image.shape)}. Pass PIL images to have "
+                             "them resized and normalised as CLIP's image processor does")
+        return a.image.shape[0]
+    return 1
+
+
+def _with_defaults(pipe, arguments: dict) -> SimpleNamespace:
+    """`arguments` over `pipe.__call__`'s defaults; a TypeError names any it does not take."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    unknown = set(arguments) - set(parameters)
+    if unknown:
+        raise TypeError(f"pipe() got unexpected arguments {sorted(unknown)}; it takes {list(parameters)}")
+    return SimpleNamespace(**{**{name: p.default for name, p in parameters.items()}, **arguments})
 
 
 def _check_run(a: SimpleNamespace) -> None:

@@ -3,7 +3,8 @@
 It has every part of SDXL (two CLIP encoders with SDXL's pad tokens, a UNet without
 attention at the first level, micro-conditioning, a KL autoencoder) at a size that runs in
 milliseconds, and it is saved in the released single-file layout, so it loads through the
-same code as the real weights. Its pictures are noise: it has never been trained (nano
+same code as the real weights. `toy_parts("unclip")` is a Stable unCLIP of the same size
+(one OpenCLIP-like text tower, CLIP's image tower, the noise augmentation). Its pictures are noise: it has never been trained (nano
 SDXL, `sdxl_edu.nano`, is the trained miniature).
 
 >>> import tempfile
@@ -17,9 +18,11 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection)
 
 from .config import UNetConfig, VAEConfig
+from .model.unclip import CLIPEmbeddingNoiseAugmentation
 from .model.unet import UNet
 from .model.vae import AutoencoderKL
 from .nano.tokenizers import build_clip_tokenizer
@@ -32,6 +35,8 @@ TOY_BASE = UNetConfig(channels=(32, 64, 128), num_res_blocks=2, transformer_dept
 TOY_REFINER = UNetConfig(channels=(32, 64, 128, 128), num_res_blocks=2,
                          transformer_depth=(0, 2, 2, 0), transformer_depth_middle=2, num_head_channels=16,
                          context_dim=40, adm_in_channels=1312)
+TOY_UNCLIP = UNetConfig(channels=(32, 64, 128), num_res_blocks=2, transformer_depth=(1, 1, 1),
+                        transformer_depth_middle=1, num_head_channels=16, context_dim=40, adm_in_channels=48)
 TOY_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
 
 
@@ -70,16 +75,33 @@ def bigg(vocab_size: int, seed: int = 2, hidden: int = 32, projection: int = 32)
     return randomize(CLIPTextModelWithProjection(cfg), seed)
 
 
+def image_tower(seed: int = 4, image_size: int = 32, projection: int = 24) -> CLIPVisionModelWithProjection:
+    """A CLIP image tower (ViT) of 32 x 32 pictures in 8 x 8 patches."""
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=image_size, patch_size=8, projection_dim=projection, hidden_act="gelu")
+    return randomize(CLIPVisionModelWithProjection(cfg), seed)
+
+
 def toy_parts(kind: str = "base", seed: int = 0) -> dict:
-    """UNet, VAE, text encoders and tokenizers of a toy SDXL base or refiner."""
+    """UNet, VAE, text encoders and tokenizers of a toy SDXL base or refiner, or of a toy
+    Stable unCLIP (`kind="unclip"`: with an image tower and the noise augmentation)."""
     tok, tok_2 = tokenizers()
-    unet = randomize(UNet(TOY_BASE if kind == "base" else TOY_REFINER), seed)
+    config = {"base": TOY_BASE, "refiner": TOY_REFINER, "unclip": TOY_UNCLIP}[kind]
+    unet = randomize(UNet(config), seed)
     vae = randomize(AutoencoderKL(TOY_VAE), seed + 1)
     if kind == "base":
         return dict(unet=unet, vae=vae, text_encoder=clip_l(len(tok), seed + 2), text_encoder_2=bigg(len(tok), seed + 3),
                     tokenizer=tok, tokenizer_2=tok_2)
-    return dict(unet=unet, vae=vae, text_encoder=None, text_encoder_2=bigg(len(tok), seed + 3, hidden=40),
-                tokenizer=None, tokenizer_2=tok_2)
+    parts = dict(unet=unet, vae=vae, text_encoder=None, text_encoder_2=bigg(len(tok), seed + 3, hidden=40),
+                 tokenizer=None, tokenizer_2=tok_2)
+    if kind == "unclip":
+        augment = CLIPEmbeddingNoiseAugmentation(TOY_UNCLIP.adm_in_channels // 2)
+        g = torch.Generator().manual_seed(seed + 5)  # statistics that are not 0 and 1, so scaling is exercised
+        augment.data_mean.copy_(0.1 * torch.randn(augment.data_mean.shape, generator=g))
+        augment.data_std.copy_(0.5 + torch.rand(augment.data_std.shape, generator=g))
+        parts |= dict(image_encoder=image_tower(seed + 4, projection=augment.data_mean.shape[1]),
+                      noise_augmentor=augment)
+    return parts
 
 
 def save_toy_checkpoint(folder, kind: str = "base", seed: int = 0, parts: dict | None = None,
@@ -92,7 +114,8 @@ def save_toy_checkpoint(folder, kind: str = "base", seed: int = 0, parts: dict |
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_single_file(folder / name, p["unet"], p["vae"], p["text_encoder_2"], p["text_encoder"],
-                     extra={"default_size": 64})
+                     extra={"default_size": 64}, image_encoder=p.get("image_encoder"),
+                     noise_augmentor=p.get("noise_augmentor"))
     if p["tokenizer"] is not None:
         p["tokenizer"].save_pretrained(folder / "tokenizer")
     p["tokenizer_2"].save_pretrained(folder / "tokenizer_2")

@@ -24,19 +24,21 @@ from pathlib import Path
 import torch
 
 from ..pipeline import Pipeline
+from ..variations import ImageVariationPipeline
 from .checkpoint import CheckpointError
 from .diffusers import load_diffusers_folder
 from .hub import download, looks_like_hub_id
 from .single_file import load_single_file, save_single_file
 
-__all__ = ["load_pipeline", "save_single_file", "CheckpointError", "NANO_DIR"]
+__all__ = ["load_pipeline", "load_variation_pipeline", "save_single_file", "CheckpointError", "NANO_DIR"]
 
 NANO_DIR = Path(__file__).parent.parent / "nano" / "weights"  # the default model, shipped with the package
 
 
 def load_pipeline(source: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu", tokenizers=None):
-    """Load SDXL (base or refiner) from a single file, a diffusers folder or a hub id.
+    """Load SDXL (base or refiner) from a single file, a diffusers folder or a hub id; a
+    Stable unCLIP file (image variations) gives an `ImageVariationPipeline`.
 
     >>> import tempfile
     >>> from sdxl_edu.testing import save_toy_checkpoint
@@ -62,4 +64,31 @@ def load_pipeline(source: str | os.PathLike | None = None, *, dtype: torch.dtype
         parts = load_diffusers_folder(Path(download(str(source))), dtype, device)
     else:
         raise FileNotFoundError(f"{source} is neither a file, a folder nor a hub id ('owner/name')")
+    if parts["kind"] == "unclip":
+        return ImageVariationPipeline(**parts, source=str(source))
     return Pipeline(**parts, source=str(source))
+
+
+def load_variation_pipeline(source: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
+                            device: str | torch.device = "cpu", tokenizers=None) -> ImageVariationPipeline:
+    """Load a Stable unCLIP model (image variations: `sdxl_edu.variations`); a text-to-image
+    checkpoint is refused with what it is. `source=None` loads the shipped nano Reimagine.
+
+    >>> import tempfile
+    >>> from sdxl_edu.testing import save_toy_checkpoint
+    >>> load_variation_pipeline(save_toy_checkpoint(tempfile.mkdtemp(), "base"))
+    Traceback (most recent call last):
+    sdxl_edu.loading.checkpoint.CheckpointError: ... is an SDXL base checkpoint: it draws from a prompt ...
+    """
+    if source is None:
+        source = NANO_DIR / "nano_reimagine.safetensors"
+        if not source.is_file():
+            raise FileNotFoundError(f"nano Reimagine's weights are not in this installation ({source}); pass the "
+                                    "path of a Stable unCLIP checkpoint (SD 2.1 unCLIP's layout) instead")
+    pipe = load_pipeline(source, dtype=dtype, device=device, tokenizers=tokenizers)
+    if not isinstance(pipe, ImageVariationPipeline):
+        raise CheckpointError(f"{source} is an SDXL {pipe.kind} checkpoint: it draws from a prompt (and refines or "
+                              "edits a picture with img2img), but has no CLIP image tower to read a picture with. "
+                              "Image variations need a Stable unCLIP model: load_variation_pipeline() loads nano "
+                              "Reimagine; for text-to-image use load_pipeline() with this file.")
+    return pipe

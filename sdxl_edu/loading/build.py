@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection)
 
 from .checkpoint import CheckpointError
 
@@ -117,6 +118,36 @@ def build_text_encoder(sd: dict[str, torch.Tensor], with_projection: bool, hidde
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     sd = match_prefix(sd, expected)
     check_keys(expected, {k: tuple(v.shape) for k, v in sd.items()}, f"text encoder ({cls.__name__})")
+    model.load_state_dict({k: v.to(device, dtype) for k, v in sd.items()}, strict=True, assign=True)
+    _fill_position_ids(model, device)
+    return model.eval().requires_grad_(False)
+
+
+def build_image_encoder(sd: dict[str, torch.Tensor], hidden_act: str, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", **overrides) -> CLIPVisionModelWithProjection:
+    """CLIP's image tower as transformers' `CLIPVisionModelWithProjection`, its shape read
+    from its (transformers-named) tensors: the patch size from the patch embedding, the
+    picture's size from the number of positions (one per patch, plus the class token).
+    Heads are width / 64 (ViT-L/14: 16) unless `overrides` says otherwise (ViT-H/14: 16 of 80).
+
+    >>> tower = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=8, intermediate_size=16,
+    ...     num_attention_heads=2, num_hidden_layers=2, image_size=16, patch_size=8, projection_dim=6))
+    >>> built = build_image_encoder(tower.state_dict(), "gelu", num_attention_heads=2)
+    >>> c = built.config; c.image_size, c.patch_size, c.num_hidden_layers, c.projection_dim
+    (16, 8, 2, 6)
+    """
+    width, _, patch, _ = sd["vision_model.embeddings.patch_embedding.weight"].shape
+    positions = sd["vision_model.embeddings.position_embedding.weight"].shape[0]
+    config = dict(
+        hidden_size=width, intermediate_size=sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=sum(1 for k in sd if k.startswith("vision_model.encoder.layers.")
+                              and k.endswith("layer_norm1.weight")),
+        num_attention_heads=max(1, width // 64), patch_size=patch, image_size=round((positions - 1) ** 0.5) * patch,
+        projection_dim=sd["visual_projection.weight"].shape[0], hidden_act=hidden_act, layer_norm_eps=1e-5)
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config | overrides))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_keys(expected, {k: tuple(v.shape) for k, v in sd.items()}, "image encoder (CLIPVisionModelWithProjection)")
     model.load_state_dict({k: v.to(device, dtype) for k, v in sd.items()}, strict=True, assign=True)
     _fill_position_ids(model, device)
     return model.eval().requires_grad_(False)

@@ -6,6 +6,13 @@ under `conditioner.embedders.0.transformer.` (transformers' names) and bigG unde
 `conditioner.embedders.{1,0}.model.` (OpenCLIP's names; the refiner has bigG alone, as
 embedder 0). Our UNet and VAE use the file's own names, so no key map is needed for them.
 
+Stable unCLIP (SD 2.1 unCLIP, and nano Reimagine) keeps Stable Diffusion 2's layout: one
+OpenCLIP text tower under `cond_stage_model.model.`, CLIP's image tower under
+`embedder.model.visual.` (OpenCLIP's names), and a UNet whose `label_emb` reads the image
+embedding and its noise level (`sdxl_edu.model.unclip`). The embedding statistics its noise
+augmentation scales by are not in the released files (they are buffers the code loads from
+a separate file); nano stores them as `noise_augmentor.data_mean` and `.data_std`.
+
 The architecture is *read from the tensors' shapes*, block by block, into the same
 dataclasses the model is built from (`sdxl_edu.config`), so the released weights, the
 distilled SDXL models (SSD-1B, Segmind Vega, KOALA) and small SDXL-shaped ones load the
@@ -23,24 +30,32 @@ import torch
 
 from ..config import UNetConfig, VAEConfig
 from ..model.conditioning import Conditioner
+from ..model.unclip import CLIPEmbeddingNoiseAugmentation
 from ..model.unet import UNet
 from ..model.vae import AutoencoderKL
-from .build import build, build_text_encoder, metadata_overrides
+from .build import build, build_image_encoder, build_text_encoder, metadata_overrides
 from .checkpoint import CheckpointError, SafetensorsFile
 from .hub import find_tokenizers
-from .openclip import openclip_to_transformers, transformers_to_openclip
+from .openclip import (openclip_to_transformers, openclip_visual_to_transformers, transformers_to_openclip,
+                       transformers_to_openclip_visual)
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP_L = "conditioner.embedders.0.transformer."  # base only
-BIGG = {"base": "conditioner.embedders.1.model.", "refiner": "conditioner.embedders.0.model."}
+BIGG = {"base": "conditioner.embedders.1.model.", "refiner": "conditioner.embedders.0.model.",
+        "unclip": "cond_stage_model.model."}  # the OpenCLIP text tower: bigG in SDXL, ViT-H in SD 2.x
+IMAGE_TOWER, NOISE_AUGMENTOR = "embedder.model.visual.", "noise_augmentor."  # unCLIP only
+SD2_LATENT_SCALE = 0.18215  # Stable Diffusion 1.x and 2.x's autoencoder scale (SDXL's: 0.13025)
+UNCLIP_SCHEDULER = {"prediction_type": "v_prediction"}  # SD 2.1 unCLIP predicts v, on SD's scaled-linear betas
 
 
 def detect_family(keys: set[str]) -> str:
-    """'base' or 'refiner' for SDXL single files; a CheckpointError naming what the file
-    is for anything else.
+    """'base' or 'refiner' for SDXL single files, 'unclip' for Stable unCLIP's; a
+    CheckpointError naming what the file is for anything else.
 
     >>> detect_family({UNET + "label_emb.0.0.weight", BIGG["refiner"] + "ln_final.weight"})
     'refiner'
+    >>> detect_family({UNET + "label_emb.0.0.weight", BIGG["unclip"] + "ln_final.weight", IMAGE_TOWER + "proj"})
+    'unclip'
     >>> detect_family({"cond_stage_model.transformer.text_model.final_layer_norm.weight"})
     Traceback (most recent call last):
     ...
@@ -54,6 +69,8 @@ def detect_family(keys: set[str]) -> str:
         raise CheckpointError(f"This is an SDXL {sdxl_text} checkpoint whose UNet has no label_emb.* tensors "
                               "(the MLP that adds the vector y, pooled text and sizes, to the timestep embedding). "
                               "The file is damaged or incomplete: download it again.")
+    if has(BIGG["unclip"]) and has(IMAGE_TOWER) and has(UNET + "label_emb."):
+        return "unclip"
     if has("cond_stage_model.transformer."):
         what = "a Stable Diffusion 1.x checkpoint (one CLIP ViT-L text encoder, 768-wide context, no size conditioning)"
     elif has("cond_stage_model.model."):
@@ -69,8 +86,9 @@ def detect_family(keys: set[str]) -> str:
         what = "an SDXL-like UNet without its text encoders and VAE"
     else:
         what = f"not a Stable Diffusion checkpoint (first keys: {sorted(keys)[:3]})"
-    raise CheckpointError(f"This is {what}. sdxl_edu loads SDXL base and refiner checkpoints only "
-                          "(sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors or a diffusers SDXL folder).")
+    raise CheckpointError(f"This is {what}. sdxl_edu loads SDXL base and refiner checkpoints "
+                          "(sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors or a diffusers SDXL folder) "
+                          "and Stable unCLIP image-variation files (SD 2.1 unCLIP's layout, nano Reimagine).")
 
 
 # ----------------------------------------------------------------------------- shapes -> configs
@@ -173,10 +191,12 @@ def load_single_file(path: Path, dtype: torch.dtype, device, tokenizers=None) ->
         unet_shapes, read = part(UNET)
         unet = build(UNet, read_unet_config(unet_shapes, **extra.get("unet", {})), read, unet_shapes, "UNet")
         vae_shapes, read = part(VAE)
-        vae = build(AutoencoderKL, read_vae_config(vae_shapes, **extra.get("vae", {})), read, vae_shapes, "VAE")
+        vae_extra = {"scaling_factor": SD2_LATENT_SCALE} if kind == "unclip" else {}
+        vae = build(AutoencoderKL, read_vae_config(vae_shapes, **vae_extra | extra.get("vae", {})), read, vae_shapes,
+                    "VAE")
 
         bigg_shapes, read = part(BIGG[kind])
-        bigg = openclip_to_transformers({k: read(k) for k in bigg_shapes})
+        bigg = openclip_to_transformers({k: read(k) for k in bigg_shapes if not k.startswith("visual.")})
         text_encoder_2 = build_text_encoder(bigg, True, dtype=dtype, device=device,
                                             **{"hidden_act": "gelu", **extra.get("text_encoder_2", {})})
         text_encoder = None
@@ -185,30 +205,62 @@ def load_single_file(path: Path, dtype: torch.dtype, device, tokenizers=None) ->
             clip_l = {k: read(k) for k in clip_shapes if not k.endswith("position_ids")}
             text_encoder = build_text_encoder(clip_l, False, dtype=dtype, device=device,
                                               **{"hidden_act": "quick_gelu", **extra.get("text_encoder", {})})
+        image_parts = _unclip_parts(part, unet, extra, dtype, device) if kind == "unclip" else {}
 
     tok, tok_2 = find_tokenizers(path, tokenizers, need_first=kind == "base")
-    conditioner = Conditioner(tok, text_encoder, tok_2, text_encoder_2,
-                              force_zeros_for_empty_prompt=kind == "base")
-    return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind,
-                scheduler_config=extra.get("scheduler", {}), default_size=extra.get("default_size"))
+    conditioner = Conditioner(tok, text_encoder, tok_2, text_encoder_2, force_zeros_for_empty_prompt=kind == "base",
+                              final_layer_norm=kind == "unclip")  # SD 2.x's context: through ln_final
+    scheduler = (UNCLIP_SCHEDULER if kind == "unclip" else {}) | extra.get("scheduler", {})
+    return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind, scheduler_config=scheduler,
+                default_size=extra.get("default_size", 768 if kind == "unclip" else None)) | image_parts
 
 
-def single_file_state_dict(unet: UNet, vae: AutoencoderKL, text_encoder_2, text_encoder=None) -> dict:
-    """All tensors under the released single file's names (base if `text_encoder` is
-    given, refiner otherwise): the inverse of `load_single_file`."""
-    kind = "base" if text_encoder is not None else "refiner"
+def _unclip_parts(part: Callable, unet: UNet, extra: dict, dtype: torch.dtype, device) -> dict:
+    """The image side of a Stable unCLIP file: CLIP's image tower and the noise
+    augmentation of its embedding."""
+    tower_shapes, read = part(IMAGE_TOWER)
+    tower = openclip_visual_to_transformers({k: read(k) for k in tower_shapes})
+    dim, width = tower["visual_projection.weight"].shape
+    defaults = {"hidden_act": "quick_gelu" if dim == 768 else "gelu"}  # OpenAI's ViT-L/14 (768), OpenCLIP's ViT-H/14
+    if width == 1280:
+        defaults["num_attention_heads"] = 16  # ViT-H/14's heads are 80 wide, not 64
+    image_encoder = build_image_encoder(tower, dtype=dtype, device=device,
+                                        **defaults | extra.get("image_encoder", {}))
+    if unet.config.adm_in_channels != 2 * dim:
+        raise CheckpointError(f"This unCLIP file's UNet reads a vector y of {unet.config.adm_in_channels} numbers, "
+                              f"but its image tower gives {dim}-wide embeddings: y should be the embedding and its "
+                              f"noise level's embedding, {2 * dim} numbers. The file is damaged or mixes two models.")
+    noise_augmentor = CLIPEmbeddingNoiseAugmentation(dim).to(device)
+    stats_shapes, read = part(NOISE_AUGMENTOR)
+    if stats_shapes:  # nano's; the released files keep theirs apart (zeros and ones for ViT-H)
+        noise_augmentor.load_state_dict({k: read(k).float() for k in stats_shapes})
+    return dict(image_encoder=image_encoder, noise_augmentor=noise_augmentor)
+
+
+def single_file_state_dict(unet: UNet, vae: AutoencoderKL, text_encoder_2, text_encoder=None, image_encoder=None,
+                           noise_augmentor: CLIPEmbeddingNoiseAugmentation | None = None) -> dict:
+    """All tensors under the released single file's names: SDXL base if `text_encoder` is
+    given, Stable unCLIP if `image_encoder` is, the refiner otherwise. The inverse of
+    `load_single_file`."""
+    kind = "base" if text_encoder is not None else "unclip" if image_encoder is not None else "refiner"
     sd = {UNET + k: v for k, v in unet.state_dict().items()}
     sd |= {VAE + k: v for k, v in vae.state_dict().items()}
     sd |= {BIGG[kind] + k: v for k, v in transformers_to_openclip(text_encoder_2.state_dict()).items()}
     if text_encoder is not None:
         clip_l = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
         sd |= {CLIP_L + "text_model." + k: v for k, v in clip_l.items()}
+    if image_encoder is not None:
+        sd |= {IMAGE_TOWER + k: v for k, v in transformers_to_openclip_visual(image_encoder.state_dict()).items()}
+    if noise_augmentor is not None:
+        sd |= {NOISE_AUGMENTOR + k: v for k, v in noise_augmentor.state_dict().items()}
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
 def save_single_file(path: str | os.PathLike, unet: UNet, vae: AutoencoderKL, text_encoder_2,
-                     text_encoder=None, extra: dict | None = None) -> None:
-    """Save a pipeline's parts as one `.safetensors` file in the released layout.
+                     text_encoder=None, extra: dict | None = None, image_encoder=None,
+                     noise_augmentor: CLIPEmbeddingNoiseAugmentation | None = None) -> None:
+    """Save a pipeline's parts as one `.safetensors` file in the released layout (SDXL's, or
+    Stable unCLIP's when an image encoder is given).
 
     What shapes cannot tell (head width, GroupNorm groups, latent scale, the text
     encoders' head counts and activations) goes into `__metadata__["sdxl_edu"]`, so
@@ -227,10 +279,11 @@ def save_single_file(path: str | os.PathLike, unet: UNet, vae: AutoencoderKL, te
 
     meta = {"unet": {"num_head_channels": unet.config.num_head_channels, "norm_groups": unet.config.norm_groups},
             "vae": {"scaling_factor": vae.config.scaling_factor, "norm_groups": vae.config.norm_groups}}
-    for name, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+    for name, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),
+                          ("image_encoder", image_encoder)):
         if encoder is not None:
             meta[name] = {"num_attention_heads": encoder.config.num_attention_heads,
                           "hidden_act": encoder.config.hidden_act}
     meta |= extra or {}
-    safetensors.torch.save_file(single_file_state_dict(unet, vae, text_encoder_2, text_encoder), str(path),
-                                metadata={"sdxl_edu": json.dumps(meta)})
+    sd = single_file_state_dict(unet, vae, text_encoder_2, text_encoder, image_encoder, noise_augmentor)
+    safetensors.torch.save_file(sd, str(path), metadata={"sdxl_edu": json.dumps(meta)})

@@ -150,7 +150,9 @@ def _branch(context: torch.Tensor, pooled: torch.Tensor, ids: torch.Tensor, repe
 class Conditioner(nn.Module):
     """The text side of SDXL: tokenizers, encoders and the context/pooled recipe.
 
-    The base has both encoders; the refiner has only bigG (`text_encoder=None`).
+    The base has both encoders; the refiner has only bigG (`text_encoder=None`), and so has
+    Stable Diffusion 2.x (its OpenCLIP ViT-H in the same slot), which reads the penultimate
+    layer *through* the final LayerNorm (`final_layer_norm=True`; SDXL reads it without).
 
     >>> from sdxl_edu.testing import toy_parts
     >>> p = toy_parts("base")
@@ -161,11 +163,12 @@ class Conditioner(nn.Module):
     """
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
-                 force_zeros_for_empty_prompt: bool = True):
+                 force_zeros_for_empty_prompt: bool = True, final_layer_norm: bool = False):
         super().__init__()
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.final_layer_norm = final_layer_norm
 
     @property
     def encoders(self) -> list[tuple]:
@@ -179,7 +182,8 @@ class Conditioner(nn.Module):
         contexts, pooled = [], None
         for tokenizer, encoder in self.encoders:
             hidden_states, pooled = text_hidden_states(encoder, tokenize(tokenizer, prompts))
-            contexts.append(hidden_states[layer])
+            context = hidden_states[layer]
+            contexts.append(encoder.text_model.final_layer_norm(context) if self.final_layer_norm else context)
         return torch.cat(contexts, dim=-1), pooled  # pooled: the last encoder's (bigG)
 
     def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,

@@ -27,11 +27,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig, \
     CLIPVisionModelWithProjection
 
 from ..model.text import tokenize
+from ..model.unclip import clip_image_pixels
 from . import BIGG_LIKE, CLIP_L_LIKE, VISION_LIKE
 from .batches import nano_tokenizers
 from .data import COLOURS, SHAPES
@@ -49,9 +49,6 @@ def new_text_encoders(vocab_size: int):
             CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_LIKE, **common)))
 
 
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
 def new_image_encoder() -> CLIPVisionModelWithProjection:
     """CLIP's image tower in miniature, transformers' class (a ViT on 8 x 8 patches of a 64 x 64
     picture), exported with the text encoders as the released CLIP image encoders are: its
@@ -65,26 +62,14 @@ def new_image_encoder() -> CLIPVisionModelWithProjection:
 
 
 def clip_pixels(images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 pictures -> what the image tower reads, prepared as CLIP's image
-    processor (transformers' `CLIPImageProcessor`, shipped beside the tower) prepares them:
-    the short side resized to 64 with PIL's bicubic filter, the centre 64 x 64 cropped, each
-    channel scaled to [0, 1] and normalised by CLIP's mean and std.
+    """(B, H, W, 3) uint8 pictures -> what nano's image tower reads: the short side resized to
+    64, the centre cropped, normalised by CLIP's mean and std, exactly as CLIP's image
+    processor (shipped beside the tower) does (`sdxl_edu.model.unclip.clip_image_pixels`).
 
-    >>> x = clip_pixels(np.full((1, 96, 160, 3), 255, dtype=np.uint8))
-    >>> tuple(x.shape), [round(v, 3) for v in x[0, :, 0, 0].tolist()]
-    ((1, 3, 64, 64), [1.93, 2.075, 2.146])
+    >>> tuple(clip_pixels(np.full((1, 96, 160, 3), 255, dtype=np.uint8)).shape)
+    (1, 3, 64, 64)
     """
-    size = VISION_LIKE["image_size"]
-    prepared = []
-    for image in images:
-        h, w = image.shape[:2]
-        short, long = (h, w) if h <= w else (w, h)
-        long = int(size * long / short)
-        picture = np.asarray(Image.fromarray(image).resize((long, size) if h <= w else (size, long), Image.BICUBIC))
-        top, left = (picture.shape[0] - size) // 2, (picture.shape[1] - size) // 2
-        prepared.append(picture[top:top + size, left:left + size])
-    x = torch.from_numpy(np.stack(prepared)).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    return clip_image_pixels(images, VISION_LIKE["image_size"])
 
 
 def clip_heads() -> torch.nn.ModuleDict:

@@ -35,13 +35,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model.conditioning import vector_y
+from ..model.unclip import CLIP_MEAN, CLIP_STD
 from ..model.unet import UNet
 from ..model.vae import AutoencoderKL
 from ..sampling.schedule import NoiseSchedule
 from . import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, VISION_LIKE, WEIGHTS
 from .batches import (captions_for, frozen_text_embeddings, load_data, load_latents, micro_ids, nano_tokenizers,
                       noisy_latents, pick, to_images)
-from .clip import CLIP_MEAN, CLIP_STD, clip_heads, clip_image_embeddings, clip_pixels, clip_text_embeddings, contrastive_loss, \
+from .clip import clip_heads, clip_image_embeddings, clip_pixels, clip_text_embeddings, contrastive_loss, \
     new_image_encoder, new_text_encoders, same_caption, zero_shot_accuracy
 from .data import aesthetic_score, degrade
 from .loop import Run, fit, stage_seed

@@ -57,6 +57,21 @@ def scaled_linear_betas(beta_start: float = 0.00085, beta_end: float = 0.012, n:
     return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
 
 
+def squared_cosine_betas(n: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
+    """The cosine schedule of Nichol & Dhariwal 2021 ("Improved DDPM", eq. 17), diffusers'
+    "squaredcos_cap_v2": alpha_bar(t) = cos^2((t / n + 0.008) / 1.008 * pi / 2), each beta
+    1 - alpha_bar(t + 1) / alpha_bar(t), capped at 0.999. unCLIP noises its image embeddings
+    with it (`sdxl_edu.model.unclip`); it spends far more steps at low noise than SD's.
+
+    >>> ab = torch.cumprod(1 - squared_cosine_betas(), 0)
+    >>> round(ab[0].item(), 6), round(ab[499].item(), 3), round(ab[999].item(), 6)
+    (0.999959, 0.494, 0.0)
+    """
+    t = torch.arange(n + 1, dtype=torch.float64) / n
+    alpha_bar = torch.cos((t + 0.008) / 1.008 * torch.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
+
+
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Lin et al. 2023, Algorithm 1: keep sqrt(alpha_bar_0), make sqrt(alpha_bar_T) = 0 by
     an affine map of sqrt(alpha_bar), then recover the betas.
@@ -96,8 +111,11 @@ class NoiseSchedule:
             betas = scaled_linear_betas(self.beta_start, self.beta_end, self.num_train_timesteps)
         elif self.beta_schedule == "linear":
             betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float32)
+        elif self.beta_schedule == "squaredcos_cap_v2":
+            betas = squared_cosine_betas(self.num_train_timesteps)
         else:
-            raise ValueError(f"beta_schedule {self.beta_schedule!r} is not supported (scaled_linear, linear)")
+            raise ValueError(f"beta_schedule {self.beta_schedule!r} is not supported "
+                             "(scaled_linear, linear, squaredcos_cap_v2)")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type {self.prediction_type!r}: use 'epsilon' or 'v_prediction'")
         self.betas = rescale_zero_terminal_snr(betas) if self.rescale_betas_zero_snr else betas
