@@ -166,6 +166,11 @@ def _check_guidance(a: SimpleNamespace) -> None:
 def _check_text(pipe, a: SimpleNamespace) -> int:
     """prompt, negative_prompt, prompt_embeds, clip_skip, force_zeros, num_images_per_prompt;
     returns the number of images."""
+    if isinstance(a.prompt, Image.Image) or (isinstance(a.prompt, list) and a.prompt
+                                             and isinstance(a.prompt[0], Image.Image)):
+        raise TypeError(f"this {pipe.kind} model draws from a prompt: pass prompt= (text) and, for img2img, "
+                        "image= (the picture). To draw variations of a picture without a prompt, load a Stable "
+                        "unCLIP model: sdxl_edu.load_variation_pipeline()")
     prompts = prompt_list("prompt", a.prompt)
     if a.negative_prompt is not None:
         negatives = prompt_list("negative_prompt", a.negative_prompt)

@@ -138,6 +138,9 @@ def test_errors_name_the_problem(models, tmp_path):
     with pytest.raises(CheckpointError, match="SDXL base checkpoint: it draws from a prompt"):
         load_variation_pipeline(save(tmp_path / "base", parts("base")))
     assert isinstance(load_variation_pipeline(ours.source), ImageVariationPipeline)
+    base = load_pipeline(save(tmp_path / "base", parts("base")))
+    with pytest.raises(TypeError, match="load_variation_pipeline"):
+        base(picture())  # a picture where the text model wants a prompt
 
 
 def test_a_mismatched_image_tower_is_refused(tmp_path):

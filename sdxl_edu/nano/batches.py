@@ -118,9 +118,9 @@ def nano_tokenizers():
     return build_clip_tokenizer(VOCABULARY), build_clip_tokenizer(VOCABULARY, pad_token="!")
 
 
-def frozen_text_embeddings(te1, te2):
+def frozen_text_embeddings(te1, te2, limit: int = 20_000):
     """captions -> (context, pooled) from the frozen encoders, as the pipeline computes them
-    (`Conditioner.encode_text`), remembered per caption (up to 20,000 of them): the short
+    (`Conditioner.encode_text`), remembered per caption (up to `limit` of them): the short
     captions recur often, so the encoders run once for each. The context is both penultimate layers side by
     side (the base's), or the second's alone when `te1` is None (the refiner's); the pooled
     vector is the second's projection.
@@ -137,6 +137,9 @@ def frozen_text_embeddings(te1, te2):
     [2, 1]
     >>> frozen_text_embeddings(None, te2)(["a circle"])[0].shape  # the refiner's context
     torch.Size([1, 77, 128])
+    >>> small = frozen_text_embeddings(None, te2, limit=2)
+    >>> _ = small(["", "a circle"]); small(["", "a red square"])[0].shape  # full: forgets all, keeps the batch's
+    torch.Size([2, 77, 128])
     """
     tok, tok_2 = nano_tokenizers()
     conditioner = Conditioner(tok, te1, tok_2, te2)  # with te1 None: the second encoder alone
@@ -144,8 +147,9 @@ def frozen_text_embeddings(te1, te2):
 
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         new = sorted(set(captions) - seen.keys())
-        if len(seen) + len(new) > 20_000:  # scenes have too many captions to keep them all
+        if len(seen) + len(new) > limit:  # scenes have too many captions to keep them all
             seen.clear()
+            new = sorted(set(captions))
         if new:
             context, pooled = conditioner.encode_text(new)  # under no_grad: the encoders are frozen
             seen.update({c: (context[i], pooled[i]) for i, c in enumerate(new)})
