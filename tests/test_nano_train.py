@@ -11,8 +11,9 @@ import safetensors.torch
 import torch
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from sdxl_edu import load_pipeline
+from sdxl_edu import load_pipeline, load_variation_pipeline
 from sdxl_edu.nano import NANO_BASE, NANO_REFINER
+from sdxl_edu.nano.reimagine import NANO_REIMAGINE
 from sdxl_edu.nano.clip import clip_pixels
 from sdxl_edu.nano.scene_classifiers import SceneClassifier, SceneEvaluator
 from sdxl_edu.nano.train import STAGES
@@ -30,7 +31,7 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
     assert all((run / f"{stage}.done").exists() for stage in STAGES)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     trained = {entry["stage"] for entry in log if entry.get("step") == 3}
-    assert trained >= {"vae", "vae_pictures", "clip", "base", "refiner", "classifier", "evaluator"}, trained
+    assert trained >= {"vae", "vae_pictures", "clip", "base", "refiner", "reimagine", "classifier", "evaluator"}, trained
 
     # a second call finds every stage done; more steps for one stage resume from its checkpoint
     train("--out", str(run), "--weights", str(weights), "--stages", "base", "--steps", "base=5")
@@ -48,6 +49,12 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
     ours = clip_pixels(np.asarray(image)[None])
     assert pixels.pixel_values.shape == ours.shape and (pixels.pixel_values - ours).abs().max() < 1e-5
     assert tower(pixel_values=ours).image_embeds.shape == (1, tower.config.projection_dim)
+    # nano Reimagine in Stable unCLIP's layout, its embedding statistics those of the training pictures
+    variations = load_variation_pipeline(weights / "nano_reimagine.safetensors")
+    assert variations.unet_config == NANO_REIMAGINE and variations.schedule.prediction_type == "v_prediction"
+    assert variations.noise_augmentor.data_std.min() > 0 and variations.noise_augmentor.data_mean.abs().max() > 0
+    out = variations(image, noise_level=100, num_inference_steps=2, seed=0, progress=False)
+    assert out.images[0].size == (128, 128)
     for name, model in (("nano_classifier", SceneClassifier()), ("nano_evaluator", SceneEvaluator())):
         state = safetensors.torch.load_file(weights / f"{name}.safetensors")
         model.load_state_dict({k: v.float() for k, v in state.items()})  # strict: every key, every shape

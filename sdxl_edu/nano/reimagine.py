@@ -41,6 +41,7 @@ from . import NANO_SCHEDULER, VISION_LIKE
 from .batches import load_data, load_latents, nano_tokenizers, noisy_latents
 from .clip import clip_pixels
 from .loop import Run, fit, stage_seed
+from .stages import STEPS
 
 NANO_REIMAGINE = UNetConfig(channels=(32, 64, 64), num_res_blocks=2, transformer_depth=(0, 1, 1),
                             transformer_depth_middle=1, num_head_channels=32, context_dim=128,
@@ -85,7 +86,7 @@ def empty_prompt_context(text_encoder_2) -> torch.Tensor:
     return conditioner.encode_text([""])[0]
 
 
-def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64, steps: int = 6000) -> None:
+def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64) -> None:
     """The variations UNet on the square bucket's cached latents: y from the picture's own
     noise-augmented embedding at a level uniform over 0..999, zeroed for 25% of the batch;
     the v target; the empty prompt's context. The embedding statistics are saved beside the
@@ -110,7 +111,7 @@ def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64, st
         prediction = unet(x_t, t, context.expand(batch, -1, -1), y)
         return F.mse_loss(prediction, schedule.training_target(x0, t, eps))
 
-    fit(run, "reimagine", {"unet": unet}, loss_fn, steps, lr=3e-4)
+    fit(run, "reimagine", {"unet": unet}, loss_fn, STEPS["reimagine"], lr=3e-4)
 
 
 def export_reimagine(run: Run, weights: Path, vae, text_encoder_2, image_encoder, unet: UNet) -> Path:

@@ -14,6 +14,7 @@
    conditioner does, which is what makes classifier-free guidance possible;
 6. `refiner`: the refiner UNet on t < 200 only, reading the (frozen) second encoder and an
    aesthetic score computed from the degradation applied to the picture;
+   `reimagine`: nano Reimagine, the image-variations UNet (`sdxl_edu.nano.reimagine`);
 7. `classifiers`: the noise-aware classifier (on noisy latents) and the evaluator (on clean
    pictures, their reconstructions and degraded copies);
 8. `export`: single-file checkpoints in the released layout, tokenizers, the image tower,
@@ -49,8 +50,9 @@ from .loop import Run, fit, stage_seed
 from .scene_classifiers import SceneClassifier, SceneEvaluator, pair_classes, presence
 from .scenes import BUCKETS, make_scene
 
-STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "classifiers", "export")
-STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 9000, "refiner": 2000, "classifier": 900, "evaluator": 1200}
+STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "reimagine", "classifiers", "export")
+STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 9000, "refiner": 2000, "reimagine": 6000,
+         "classifier": 900, "evaluator": 1200}
 SAMPLES_PER_BUCKET = 16000
 
 

@@ -9,9 +9,10 @@ given the seed, in this order:
 4. `clip`: both text encoders and an image tower pretrained contrastively, as CLIP was, then frozen;
 5. `base`: the base UNet, epsilon prediction, t uniform over 0..999, 10% of captions dropped;
 6. `refiner`: the refiner UNet on t < 200 only, told an aesthetic score;
-7. `classifiers`: the noise-aware classifier and the evaluator;
-8. `export`: single-file checkpoints in the released layout, tokenizers, the image tower,
-   classifiers, into `sdxl_edu/nano/weights/`.
+7. `reimagine`: nano Reimagine, image variations from the image tower's embedding (`sdxl_edu.nano.reimagine`);
+8. `classifiers`: the noise-aware classifier and the evaluator;
+9. `export`: single-file checkpoints in the released layout, tokenizers, the image tower,
+   classifiers, into `sdxl_edu/nano/weights/` (nano Reimagine's once its stage is done).
 
 Every stage trains with one loop (`sdxl_edu.nano.loop.fit`): AdamW, warm-up and cosine decay,
 and an exponential moving average of the weights, which is what gets exported, as for SDXL.
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import torch
 
+from ..model.unet import UNet
 from ..sampling.schedule import NoiseSchedule
 from . import NANO_SCHEDULER, WEIGHTS
 from .loop import Run
+from .reimagine import NANO_REIMAGINE, export_reimagine, stage_reimagine
 from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, save_clip, shipped_image_encoder, stage_base, \
-    stage_classifiers, stage_clip, stage_data, stage_export, stage_latents, stage_refiner, stage_vae, trained_clip, \
-    trained_vae
+    stage_classifiers, stage_clip, stage_data, stage_export, stage_latents, stage_refiner, stage_vae, trained, \
+    trained_clip, trained_vae
 
 QUICK_SAMPLES_PER_BUCKET, QUICK_STEPS = 300, 3
 STEP_OWNERS = {"vae_pictures": "vae", "classifier": "classifiers", "evaluator": "classifiers"}  # step names -> stage
@@ -106,12 +109,13 @@ def pack(run: Run, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     remade = {"data.done", "latents.done"}  # their arrays are gigabytes: a later session re-makes them
-    for path in [*run.out.glob("*.done"), run.out / "log.jsonl", run.out / "vae.pt", run.out / "clip.pt"]:
+    for path in [*run.out.glob("*.done"), run.out / "log.jsonl", run.out / "vae.pt", run.out / "clip.pt",
+                 run.out / "reimagine_stats.pt"]:
         if path.name in remade:
             continue
         if path.exists():
             shutil.copy(path, folder / path.name)
-    for name in ("classifier", "evaluator", "refiner", "base"):
+    for name in ("classifier", "evaluator", "refiner", "reimagine", "base"):
         ckpt = run.out / f"{name}.ckpt"
         if not ckpt.exists():
             continue
@@ -158,10 +162,15 @@ def main(argv=None) -> None:
             stage_base(run, schedule, trained_clip(run)[:2], shipped)
         elif stage == "refiner":
             stage_refiner(run, schedule, trained_clip(run)[1], shipped_refiner)
+        elif stage == "reimagine":
+            stage_reimagine(run, *trained_clip(run)[1:])
         elif stage == "classifiers":
             stage_classifiers(run, schedule, trained_vae(run))
         elif stage == "export":
             stage_export(run, Path(args.weights))
+            if run.done("reimagine"):
+                export_reimagine(run, Path(args.weights), trained_vae(run), *trained_clip(run)[1:],
+                                 trained(run, "reimagine", UNet(NANO_REIMAGINE)))
         if stage not in ("data", "vae"):
             run.mark_done(stage)
 
