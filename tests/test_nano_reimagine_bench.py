@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sdxl_edu.nano.reimagine_bench import input_scenes, judge, variations
 from sdxl_edu.nano.scene_bench import phrase
+from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.scene_classifiers import SceneEvaluator
+from sdxl_edu.nano.stages import trained
 from sdxl_edu.nano.scenes import render_caption
 
 PACKED = Path(__file__).parent.parent / "training" / "nano2"
@@ -22,10 +23,7 @@ PACKED = Path(__file__).parent.parent / "training" / "nano2"
 
 @pytest.fixture(scope="module")
 def evaluator():
-    (ema,) = torch.load(PACKED / "evaluator.ckpt", weights_only=False)["emas"].values()  # our own file
-    model = SceneEvaluator()
-    model.load_state_dict(ema)
-    return model.eval().requires_grad_(False)
+    return trained(Run(PACKED, seed=0), "evaluator", SceneEvaluator())  # the EMA weights it packed
 
 
 class Copier:

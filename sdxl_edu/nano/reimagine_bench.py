@@ -22,7 +22,6 @@ chosen on them.
 """
 
 import argparse
-import json
 import time
 from itertools import combinations
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .scene_bench import SEED, phrase, rate
+from .scene_bench import SEED, phrase, rate, report
 from .scene_reading import read_objects
 from .scenes import BUCKETS, Scene, make_scene
 
@@ -171,12 +170,7 @@ def main(argv=None) -> dict:
     results["variations_guidance_1"] = judge(evaluator, scenes, variations(pipe, scenes, args.seeds, guidance_scale=1.0))
     for strength in (0.3, 0.6, 0.9):
         results[f"img2img_strength_{strength:g}"] = judge(evaluator, scenes, img2img(base, scenes, args.seeds, strength))
-    for name, values in results.items():
-        print(f"{name}: {json.dumps(values)}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return results
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

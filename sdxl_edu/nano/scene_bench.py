@@ -291,10 +291,20 @@ def main(argv=None) -> dict:
     results["size_conditioning"] = size_conditioning(pipe, args.seeds)
     results["crop_conditioning"] = crop_conditioning(pipe, evaluator, args.seeds)
     results["refiner"] = refiner_effect(pipe, refiner, evaluator, args.seeds)
+    return report(results, args.json)
+
+
+def report(results: dict, path: str | None = None) -> dict:
+    """Print each group of measurements on one line, write them all to `path` (JSON) if given,
+    and return them.
+
+    >>> _ = report({"time": {"one_image_s": 0.4}})
+    time: {"one_image_s": 0.4}
+    """
     for name, values in results.items():
         print(f"{name}: {json.dumps(values)}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
     return results
 
