@@ -118,8 +118,7 @@ class ImageVariationPipeline(Pipeline):
                                                            generator)
         x = noise.to(self.device, torch.float32) * plan.init_noise_sigma
         for hook in list(self._generation_hooks.values()):
-            hook([p for p in prompts for _ in range(num_images_per_prompt)], batch, guidance.classifier_free,
-                 latent_size)
+            hook(prompts, batch, guidance.classifier_free, latent_size)
         steps = [] if record else None
         x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, callback=self._on_step(steps, callback),
                               generator=generator, eta=eta, progress=progress)
