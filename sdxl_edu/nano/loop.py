@@ -19,6 +19,7 @@ stage (`stage_seed`); `Run` is the output folder that holds the checkpoints and 
 import copy
 import json
 import math
+import os
 import time
 import zlib
 from pathlib import Path
@@ -94,11 +95,14 @@ def warmup_cosine(steps: int, warmup: int):
 
 def save_checkpoint(path: Path, modules: dict, emas: dict, opt, sched, rng, step: int) -> None:
     """Everything the next step depends on, the torch generator's state included (dropout,
-    `torch.randn` inside a loss)."""
+    `torch.randn` inside a loss). Written beside `path` and then renamed over it, so a run
+    stopped while saving keeps its previous checkpoint whole."""
+    partial = path.with_name(path.name + ".partial")
     torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
                 "emas": {k: m.state_dict() for k, m in emas.items()}, "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "rng": rng.bit_generator.state, "step": step,
-                "torch_rng": torch.get_rng_state()}, path)
+                "torch_rng": torch.get_rng_state()}, partial)
+    os.replace(partial, path)
 
 
 def restore_checkpoint(path: Path, modules: dict, emas: dict, opt, sched, rng) -> int:
