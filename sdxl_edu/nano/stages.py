@@ -51,7 +51,7 @@ from .scene_classifiers import SceneClassifier, SceneEvaluator, pair_classes, pr
 from .scenes import BUCKETS, make_scene
 
 STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "reimagine", "classifiers", "export")
-STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 9000, "refiner": 2000, "reimagine": 6000,
+STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 6000, "refiner": 2000, "reimagine": 6000,
          "classifier": 900, "evaluator": 1200}
 SAMPLES_PER_BUCKET = 16000
 
