@@ -84,16 +84,7 @@ def check_variation_arguments(pipe, arguments: dict) -> None:
         if not isinstance(a.negative_prompt, str) and len(negatives) != pictures:
             raise ValueError(f"negative_prompt has {len(negatives)} entries but {pictures} pictures were given")
     check_number("num_images_per_prompt", a.num_images_per_prompt, low=1, integer=True)
-    for name in ("height", "width"):
-        check_number(name, getattr(a, name), low=1, integer=True, optional=True)
-    height, width = a.height or pipe.default_size, a.width or pipe.default_size
-    pipe.check_image_size(height, width)
-    check_type("latents", a.latents, torch.Tensor, "a tensor", optional=True)
-    f = pipe.vae_scale_factor
-    expected = (pictures * a.num_images_per_prompt, pipe.unet_config.in_channels, height // f, width // f)
-    if a.latents is not None and tuple(a.latents.shape) != expected:
-        raise ValueError(f"latents must have shape {expected} (images, channels, height / {f}, width / {f}); "
-                         f"got {tuple(a.latents.shape)}")
+    _check_size_and_latents(pipe, a, pictures * a.num_images_per_prompt)
 
 
 def _check_variation_input(pipe, a: SimpleNamespace) -> int:
@@ -202,10 +193,6 @@ def _check_prompt_embeds(text: PromptEmbeddings, n_prompts: int, classifier_free
 
 def _check_image(pipe, a: SimpleNamespace, images: int) -> None:
     """height, width, image, mask_image, strength, denoising_start and _end, latents."""
-    for name in ("height", "width"):
-        check_number(name, getattr(a, name), low=1, integer=True, optional=True)
-    height, width = a.height or pipe.default_size, a.width or pipe.default_size
-    pipe.check_image_size(height, width)
     for name in ("image", "mask_image"):
         check_type(name, getattr(a, name), (Image.Image, list, torch.Tensor), "a PIL image, a list of them or "
                    "a tensor", optional=True)
@@ -221,10 +208,19 @@ def _check_image(pipe, a: SimpleNamespace, images: int) -> None:
         raise ValueError(f"denoising_start={a.denoising_start} continues a run: pass image= (its latents)")
     if None not in (a.denoising_start, a.denoising_end) and a.denoising_start >= a.denoising_end:
         raise ValueError(f"denoising_start ({a.denoising_start}) must be below denoising_end ({a.denoising_end})")
+    _check_size_and_latents(pipe, a, images, latents_are_noise=a.image is None)
+
+
+def _check_size_and_latents(pipe, a: SimpleNamespace, images: int, latents_are_noise: bool = True) -> None:
+    """height and width (whole latent pixels), and latents shaped as the noise they stand for."""
+    for name in ("height", "width"):
+        check_number(name, getattr(a, name), low=1, integer=True, optional=True)
+    height, width = a.height or pipe.default_size, a.width or pipe.default_size
+    pipe.check_image_size(height, width)
     check_type("latents", a.latents, torch.Tensor, "a tensor", optional=True)
     f = pipe.vae_scale_factor
     expected = (images, pipe.unet_config.in_channels, height // f, width // f)
-    if a.latents is not None and a.image is None and tuple(a.latents.shape) != expected:
+    if a.latents is not None and latents_are_noise and tuple(a.latents.shape) != expected:
         raise ValueError(f"latents must have shape {expected} (images, channels, height / {f}, width / {f}); "
                          f"got {tuple(a.latents.shape)}")
 

@@ -222,9 +222,18 @@ class Pipeline:
                                                            generator)
         noise = noise.to(self.device, torch.float32)
         x = self._first_x(plan, noise, init_latents, denoising_start)
-        for hook in list(self._generation_hooks.values()):
-            hook(prompts, batch, guidance.classifier_free, latent_size)
         after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan)
+        return self._sample(x, plan, context, y, guidance, prompts, sampler=sampler, generator=generator, eta=eta,
+                            progress=progress, callback=callback, record=record, output_type=output_type,
+                            after_step=after_step)
+
+    def _sample(self, x: torch.Tensor, plan: Plan, context: torch.Tensor, y: torch.Tensor, guidance: Guidance,
+                prompts: list[str], *, sampler: str, generator, eta: float, progress: bool, callback, record: bool,
+                output_type: str, after_step=None) -> GenerationOutput:
+        """From the first x to the output: the generation hooks told the batch's layout, the
+        sampler over the guided UNet, the latents decoded (or returned as they are)."""
+        for hook in list(self._generation_hooks.values()):
+            hook(prompts, x.shape[0], guidance.classifier_free, tuple(x.shape[-2:]))
         steps = [] if record else None
         x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, callback=self._on_step(steps, callback),
                               generator=generator, eta=eta, progress=progress, after_step=after_step)

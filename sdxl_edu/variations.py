@@ -32,7 +32,6 @@ from .model.unet import UNet
 from .model.vae import AutoencoderKL
 from .pipeline import GenerationOutput, Pipeline, _randn
 from .sampling.guidance import Guidance
-from .sampling.samplers import SAMPLERS
 
 
 class ImageVariationPipeline(Pipeline):
@@ -117,14 +116,8 @@ class ImageVariationPipeline(Pipeline):
         noise = latents if latents is not None else _randn((batch, self.unet_config.in_channels, *latent_size),
                                                            generator)
         x = noise.to(self.device, torch.float32) * plan.init_noise_sigma
-        for hook in list(self._generation_hooks.values()):
-            hook(prompts, batch, guidance.classifier_free, latent_size)
-        steps = [] if record else None
-        x = SAMPLERS[sampler](self._denoiser(context, y, guidance), x, plan, callback=self._on_step(steps, callback),
-                              generator=generator, eta=eta, progress=progress)
-        out_latents = plan.from_sigma_view(x)
-        images = out_latents if output_type == "latent" else self.decode(out_latents, output_type)
-        return GenerationOutput(images, out_latents, steps)
+        return self._sample(x, plan, context, y, guidance, prompts, sampler=sampler, generator=generator, eta=eta,
+                            progress=progress, callback=callback, record=record, output_type=output_type)
 
     def _variation_conditioning(self, text, y: torch.Tensor, images_per_prompt: int,
                                 classifier_free: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from tiny import DATA, TINY, diffusers_unet_config, parts, save, to_diffusers
 from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
 from sdxl_edu import CheckpointError, ImageVariationPipeline, load_pipeline, load_variation_pipeline
+from sdxl_edu.loading.build import match_prefix
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
 from sdxl_edu.model.unclip import CLIPEmbeddingNoiseAugmentation, clip_image_pixels
 from sdxl_edu.testing import TOY_UNCLIP
@@ -54,8 +55,7 @@ def sd2_text_encoder(encoder) -> CLIPTextModel:
     cut = CLIPTextModel(config)
     last = f"text_model.encoder.layers.{config.num_hidden_layers}."
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(last) and "projection" not in k}
-    cut.load_state_dict(cut.state_dict() | {k.removeprefix("text_model.") if k.removeprefix("text_model.") in
-                                            cut.state_dict() else k: v for k, v in state.items()}, strict=True)
+    cut.load_state_dict(match_prefix(state, cut.state_dict()), strict=True)
     return cut.eval()
 
 
