@@ -82,7 +82,12 @@ def embedding_statistics(embeds: torch.Tensor) -> CLIPEmbeddingNoiseAugmentation
 
 def empty_prompt_context(text_encoder_2) -> torch.Tensor:
     """The cross-attention context of the empty prompt (1, 77, 128), read as SD 2.x reads its
-    encoder: the penultimate layer through the final LayerNorm (`Conditioner(final_layer_norm=True)`)."""
+    encoder: the penultimate layer through the final LayerNorm (`Conditioner(final_layer_norm=True)`).
+
+    >>> from sdxl_edu.nano.clip import new_text_encoders
+    >>> empty_prompt_context(new_text_encoders(len(nano_tokenizers()[0]))[1]).shape
+    torch.Size([1, 77, 128])
+    """
     conditioner = Conditioner(None, None, nano_tokenizers()[1], text_encoder_2, force_zeros_for_empty_prompt=False,
                               final_layer_norm=True)
     return conditioner.encode_text([""])[0]

@@ -53,7 +53,12 @@ def input_scenes(n: int, seed: int = SCENE_SEED) -> list[Scene]:
 
 
 def centre(mask: np.ndarray) -> np.ndarray:
-    """The (y, x) centroid of a mask, as a fraction of the picture's side."""
+    """The (y, x) centroid of a mask, as a fraction of the picture's side.
+
+    >>> m = np.zeros((128, 128), bool); m[0:32, 96:128] = True  # a square in the top right corner
+    >>> centre(m).round(3).tolist()
+    [0.121, 0.871]
+    """
     ys, xs = np.nonzero(mask)
     return np.array([ys.mean(), xs.mean()]) / mask.shape[0]
 
