@@ -12,11 +12,12 @@ import torch
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from sdxl_edu import load_pipeline, load_variation_pipeline
-from sdxl_edu.nano import NANO_BASE, NANO_REFINER
+from sdxl_edu.nano import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, SDXL_SCHEDULE
 from sdxl_edu.nano.reimagine import NANO_REIMAGINE
 from sdxl_edu.nano.clip import clip_pixels
 from sdxl_edu.nano.scene_classifiers import SceneClassifier, SceneEvaluator
 from sdxl_edu.nano.train import STAGES
+from sdxl_edu.sampling.schedule import NoiseSchedule
 
 pytestmark = pytest.mark.slow  # runs the trainer
 
@@ -41,6 +42,9 @@ def test_quick_recipe_runs_every_stage_resumes_and_exports_loadable_weights(tmp_
     base = load_pipeline(weights / "nano_sdxl_base.safetensors")
     refiner = load_pipeline(weights / "nano_sdxl_refiner.safetensors")
     assert (base.kind, base.unet_config, refiner.kind, refiner.unet_config) == ("base", NANO_BASE, "refiner", NANO_REFINER)
+    # each file samples with the schedule its UNet was trained on: the base's zero terminal SNR, the refiner's SDXL's
+    assert base.schedule == NoiseSchedule.from_config(NANO_SCHEDULER) and base.schedule.prediction_type == "v_prediction"
+    assert refiner.schedule == NoiseSchedule.from_config(SDXL_SCHEDULE) and refiner.schedule.prediction_type == "epsilon"
     image = base("a red circle", num_inference_steps=2, seed=0, progress=False).images[0]
     assert image.size == (128, 128)
     # the image tower as transformers reads it, its processor preparing pictures as the clip stage did

@@ -39,7 +39,7 @@ from ..model.conditioning import Conditioner
 from ..model.unclip import EMBEDDING_DROPOUT, CLIPEmbeddingNoiseAugmentation, drop_embeddings, image_embeddings
 from ..model.unet import UNet
 from ..sampling.schedule import NoiseSchedule
-from . import NANO_SCHEDULER, VISION_LIKE
+from . import SDXL_SCHEDULE, VISION_LIKE
 from .batches import load_data, load_latents, nano_tokenizers, noisy_latents
 from .clip import clip_pixels
 from .loop import Run, fit, stage_seed
@@ -48,7 +48,7 @@ from .stages import STEPS
 NANO_REIMAGINE = UNetConfig(channels=(32, 64, 64), num_res_blocks=(1, 2, 2), transformer_depth=(0, 1, 1),
                             transformer_depth_middle=1, num_head_channels=32, context_dim=128,
                             adm_in_channels=2 * VISION_LIKE["projection_dim"])
-REIMAGINE_SCHEDULER = dict(NANO_SCHEDULER, prediction_type="v_prediction")  # SD 2.1's target on SD's betas
+REIMAGINE_SCHEDULER = dict(SDXL_SCHEDULE, prediction_type="v_prediction")  # SD 2.1's target on SD's betas
 SQUARE = 0  # the square bucket's index in `scenes.BUCKETS`
 
 

@@ -9,11 +9,13 @@
    autoencoder is frozen from here on, so the UNets train on cached latents);
 4. `clip`: both text encoders and an image tower pretrained as CLIP was, contrastively
    (`sdxl_edu.nano.clip`), then frozen, as SDXL freezes the CLIP ViT-L and OpenCLIP bigG it borrows;
-5. `base`: the base UNet on SDXL's schedule (epsilon prediction), t uniform over 0..999;
+5. `base`: the base UNet, t uniform over 0..999, on SDXL's betas rescaled to zero terminal
+   SNR with v-prediction (`NANO_SCHEDULER`: its one departure from SDXL, and why);
    10% of captions dropped by zeroing the context and pooled embedding, as SDXL's
    conditioner does, which is what makes classifier-free guidance possible;
 6. `refiner`: the refiner UNet on t < 200 only, reading the (frozen) second encoder and an
-   aesthetic score computed from the degradation applied to the picture;
+   aesthetic score computed from the degradation applied to the picture, on SDXL's own
+   schedule (`SDXL_SCHEDULE`: below t = 200 the zero-SNR rescaling has nothing to fix);
    `reimagine`: nano Reimagine, the image-variations UNet (`sdxl_edu.nano.reimagine`);
 7. `classifiers`: the noise-aware classifier (on noisy latents) and the evaluator (on clean
    pictures, their reconstructions and degraded copies);
@@ -22,8 +24,8 @@
 
 Each trains with `sdxl_edu.nano.loop.fit` on batches drawn as `sdxl_edu.nano.batches` says.
 The UNets learn what the schedule the pipeline samples with asks for: x_t from
-`NoiseSchedule.q_sample`, the target from `NoiseSchedule.training_target` (the noise, for
-SDXL's epsilon prediction). `python -m sdxl_edu.nano.train` runs the stages
+`NoiseSchedule.q_sample`, the target from `NoiseSchedule.training_target` (the noise for
+epsilon prediction, sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 for v). `python -m sdxl_edu.nano.train` runs the stages
 (tests/test_nano_train.py runs every one on a few pictures, and is their example).
 """
 
@@ -40,7 +42,7 @@ from ..model.unclip import CLIP_MEAN, CLIP_STD
 from ..model.unet import UNet
 from ..model.vae import AutoencoderKL
 from ..sampling.schedule import NoiseSchedule
-from . import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, VISION_LIKE, WEIGHTS
+from . import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, NANO_VAE, SDXL_SCHEDULE, VISION_LIKE, WEIGHTS
 from .batches import (captions_for, frozen_text_embeddings, load_data, load_latents, micro_ids, nano_tokenizers,
                       noisy_latents, pick, to_images)
 from .clip import clip_heads, clip_image_embeddings, clip_pixels, clip_text_embeddings, contrastive_loss, \
@@ -190,7 +192,7 @@ def new_unet(run: Run, name: str, config, init=None) -> UNet:
 
 def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None) -> None:
     """The base UNet on the cached latents, reading the frozen text encoders: the schedule's
-    target (SDXL's: epsilon), t uniform over 0..999, 10% of captions dropped (zero context and
+    target (`NANO_SCHEDULER`'s: v), t uniform over 0..999, 10% of captions dropped (zero context and
     pooled)."""
     data, latents = load_data(run), load_latents(run)
     te1, te2 = text_encoders
@@ -294,11 +296,12 @@ def stage_export(run: Run, weights: Path = WEIGHTS) -> None:
     vae.config = dataclasses.replace(vae.config, scaling_factor=vae.scaling_factor)
     te1, te2, image_encoder = trained_clip(run)
     base, refiner = trained(run, "base", UNet(NANO_BASE)), trained(run, "refiner", UNet(NANO_REFINER))
-    extra = {"default_size": BUCKETS[0][0], "scheduler": NANO_SCHEDULER}
+    extra = {"default_size": BUCKETS[0][0], "scheduler": NANO_SCHEDULER}  # each file carries its own schedule
     for module in (vae, base, refiner, te1, te2):
         module.half()
     save_single_file(weights / "nano_sdxl_base.safetensors", base, vae, te2, te1, extra=extra)
-    save_single_file(weights / "nano_sdxl_refiner.safetensors", refiner, vae, te2, extra=extra)
+    save_single_file(weights / "nano_sdxl_refiner.safetensors", refiner, vae, te2,
+                     extra=dict(extra, scheduler=SDXL_SCHEDULE))
     tok, tok_2 = nano_tokenizers()
     tok.save_pretrained(weights / "tokenizer")
     tok_2.save_pretrained(weights / "tokenizer_2")

@@ -7,8 +7,9 @@ given the seed, in this order:
 2. `vae`: the KL autoencoder (f = 8), and its scaling factor (1 / std of the latents, as SDXL's);
 3. `latents`: every picture encoded once, and degraded copies (the autoencoder is frozen);
 4. `clip`: both text encoders and an image tower pretrained contrastively, as CLIP was, then frozen;
-5. `base`: the base UNet, epsilon prediction, t uniform over 0..999, 10% of captions dropped;
-6. `refiner`: the refiner UNet on t < 200 only, told an aesthetic score;
+5. `base`: the base UNet, v-prediction on a zero-terminal-SNR schedule (`NANO_SCHEDULER`),
+   t uniform over 0..999, 10% of captions dropped;
+6. `refiner`: the refiner UNet on t < 200 only, on SDXL's schedule, told an aesthetic score;
 7. `reimagine`: nano Reimagine, image variations from the image tower's embedding (`sdxl_edu.nano.reimagine`);
 8. `classifiers`: the noise-aware classifier and the evaluator;
 9. `export`: single-file checkpoints in the released layout, tokenizers, the image tower,
@@ -29,7 +30,7 @@ import torch
 
 from ..model.unet import UNet
 from ..sampling.schedule import NoiseSchedule
-from . import NANO_SCHEDULER, WEIGHTS
+from . import NANO_SCHEDULER, SDXL_SCHEDULE, WEIGHTS
 from .loop import Run
 from .reimagine import NANO_REIMAGINE, export_reimagine, stage_reimagine
 from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, save_clip, shipped_image_encoder, stage_base, \
@@ -141,7 +142,8 @@ def main(argv=None) -> None:
     STEPS.update(args.step_counts)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run, schedule = Run(Path(args.out), args.seed), NoiseSchedule.from_config(NANO_SCHEDULER)
+    run = Run(Path(args.out), args.seed)
+    schedule, sdxl_schedule = NoiseSchedule.from_config(NANO_SCHEDULER), NoiseSchedule.from_config(SDXL_SCHEDULE)
     if args.pack:
         return pack(run, Path(args.pack))
     reopened = {STEP_OWNERS.get(name, name) for name in args.step_counts}  # `fit` resumes them to the new count
@@ -161,11 +163,11 @@ def main(argv=None) -> None:
         elif stage == "base":
             stage_base(run, schedule, trained_clip(run)[:2], shipped)
         elif stage == "refiner":
-            stage_refiner(run, schedule, trained_clip(run)[1], shipped_refiner)
+            stage_refiner(run, sdxl_schedule, trained_clip(run)[1], shipped_refiner)
         elif stage == "reimagine":
             stage_reimagine(run, *trained_clip(run)[1:])
         elif stage == "classifiers":
-            stage_classifiers(run, schedule, trained_vae(run))
+            stage_classifiers(run, sdxl_schedule, trained_vae(run))
         elif stage == "export":
             stage_export(run, Path(args.weights))
             if run.done("reimagine"):
