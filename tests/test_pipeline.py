@@ -91,6 +91,25 @@ def test_classifier_guidance_raises_the_classifier_log_prob(pipe):
     assert log_p(guided) > log_p(plain) + 0.1
 
 
+def test_multi_label_classifier_guidance_raises_every_wanted_class(pipe):
+    torch.manual_seed(1)
+    weights = torch.randn(6, 4)
+
+    def classifier(x_t, t):  # (B, 2, 3) logits, one per (shape, colour) pair, as nano's scene classifier
+        return (x_t.mean((2, 3)) @ weights.T).reshape(-1, 2, 3)
+
+    wanted = torch.zeros(1, 2, 3)
+    wanted[0, 0, 1] = wanted[0, 1, 2] = 1.0  # two objects wanted at once
+    plain = run(pipe, guidance_scale=1.0, output_type="latent").latents
+    guided = run(pipe, guidance_scale=1.0, output_type="latent", classifier=classifier, class_labels=wanted,
+                 classifier_scale=50.0).latents
+
+    def log_p(x):  # log p(both present), each through its own sigmoid
+        return torch.nn.functional.logsigmoid(classifier(x, None))[0][wanted[0] > 0].sum()
+
+    assert log_p(guided) > log_p(plain) + 0.1
+
+
 def test_attention_capture(pipe):
     plain = run(pipe, "a red circle on the left", output_type="latent").latents
     with pipe.capture_attention(per_step=True, self_attention=True) as attn:

@@ -92,6 +92,22 @@ def pair_classes(object_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return lookup[object_map]
 
 
+def wanted(pairs, batch: int = 1) -> torch.Tensor:
+    """`class_labels` for classifier guidance towards a scene holding these (shape, colour)
+    pairs, by name: (batch, 3, 5), 1 where a pair is wanted. `SceneClassifier` is
+    multi-label, so the guidance raises sum_k y_k log sigmoid(logit_k)
+    (`sdxl_edu.sampling.guidance.classifier_log_prob`).
+
+    >>> y = wanted([("circle", "red"), ("square", "blue")], batch=2)
+    >>> tuple(y.shape), y.sum().item(), y[0, SHAPES.index("square"), list(COLOURS).index("blue")].item()
+    ((2, 3, 5), 4.0, 1.0)
+    """
+    out = torch.zeros(batch, len(SHAPES), len(COLOURS))
+    for shape, colour in pairs:
+        out[:, SHAPES.index(shape), list(COLOURS).index(colour)] = 1
+    return out
+
+
 def presence(labels: np.ndarray) -> np.ndarray:
     """(B, 3, 5) targets for `SceneClassifier`: 1 where a scene names an object of that shape
     and colour (at least half of it visible), from (B, objects, 5) labels.

@@ -73,17 +73,31 @@ def rescale_guidance(eps: torch.Tensor, eps_cond: torch.Tensor, guidance_rescale
 
 def classifier_log_prob(classifier: Classifier, x_t: torch.Tensor, t: torch.Tensor,
                         labels: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    """log p(y | x_t) per sample. The classifier returns logits (B, K) and `labels` is (B,),
-    or it returns one logits tensor per attribute and `labels` is a dict of the same keys
-    (then log p is the sum over attributes, each treated as independent).
+    """log p(y | x_t) per sample, for three kinds of classifier:
+
+    - one class per picture: logits (B, K), `labels` the class indices (B,); log softmax;
+    - one class per attribute: a dict of logits, `labels` a dict of indices with the same
+      keys; log p is the sum over attributes, each treated as independent;
+    - several classes present at once (multi-label, e.g. one logit per (shape, colour) pair
+      of a scene): `labels` a float 0/1 tensor of the logits' shape marking the classes
+      wanted, and log p(every wanted class present) = sum_k y_k log sigmoid(logit_k), each
+      class's presence independent. Classes not wanted are left free, not pushed away.
 
     >>> clf = lambda x, t: {"colour": torch.zeros(1, 5), "shape": torch.zeros(1, 3)}
     >>> classifier_log_prob(clf, None, None, {"colour": torch.tensor([0]), "shape": torch.tensor([2])})
     tensor([-2.7081])
+    >>> multi = lambda x, t: torch.tensor([[[0.0, 2.0], [-1.0, 5.0]]])  # (B, shapes, colours)
+    >>> wanted = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # two objects: (0, 0) and (1, 0)
+    >>> torch.allclose(classifier_log_prob(multi, None, None, wanted),
+    ...                torch.sigmoid(torch.tensor(0.0)).log() + torch.sigmoid(torch.tensor(-1.0)).log())
+    True
     """
     logits = classifier(x_t, t)
     if isinstance(logits, dict):
         return sum(_log_prob(logits[k], labels[k]) for k in labels)
+    if labels.is_floating_point():
+        wanted = labels.to(logits.device)
+        return (wanted * torch.nn.functional.logsigmoid(logits)).flatten(1).sum(1)
     return _log_prob(logits, labels)
 
 
