@@ -98,6 +98,23 @@ def test_variations_are_diffusers(models, level, scale, n):
     assert (out.latents - latents).abs().max() < TOL
 
 
+def test_a_diffusers_unclip_folder_loads_as_the_same_model(models, tmp_path):
+    """diffusers' folder (its text encoder without the last layer, y as a class embedding, the
+    statistics in image_normalizer) gives the single file's model, number for number."""
+    ours, theirs = models
+    theirs.save_pretrained(tmp_path / "folder", safe_serialization=True)
+    folder = load_variation_pipeline(tmp_path / "folder")
+    assert folder.unet_config == ours.unet_config and folder.conditioner.layers_removed == 1
+    assert folder.vae.scaling_factor == ours.vae.scaling_factor
+    assert folder.schedule.prediction_type == "v_prediction"
+    image = picture(8)
+    common = dict(noise_level=200, guidance_scale=7.0, num_inference_steps=3, seed=0, progress=False, height=64, width=64)
+    context = folder.encode_prompt("a red circle").context
+    assert (context - ours.encode_prompt("a red circle").context).abs().max() < 1e-5
+    assert (folder.encode_image(image) - ours.encode_image(image)).abs().max() < 1e-5
+    assert (folder(image, **common).latents - ours(image, **common).latents).abs().max() < TOL
+
+
 def test_image_embeds_stand_for_the_picture(models):
     ours, _ = models
     image = picture(4)

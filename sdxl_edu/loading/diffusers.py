@@ -14,9 +14,10 @@ from torch import nn
 
 from ..config import UNetConfig, VAEConfig
 from ..model.conditioning import Conditioner
+from ..model.unclip import CLIPEmbeddingNoiseAugmentation
 from ..model.unet import UNet
 from ..model.vae import AutoencoderKL
-from .build import build, build_text_encoder
+from .build import build, build_image_encoder, build_text_encoder
 from .checkpoint import CheckpointError, SafetensorsFile, refuse_pickle
 from .hub import load_tokenizer
 from .single_file import block_counts
@@ -162,16 +163,22 @@ def read_diffusers_vae_config(cfg: dict) -> VAEConfig:
 # ----------------------------------------------------------------------------- loading
 
 def load_diffusers_folder(folder: Path, dtype: torch.dtype, device) -> dict:
-    """A diffusers SDXL folder: `model_index.json` and one sub-folder per component."""
+    """A diffusers SDXL folder (base or refiner), or a Stable unCLIP one (SD 2.1 unCLIP,
+    `StableUnCLIPImg2ImgPipeline`'s: its `image_normalizer` gives it away): `model_index.json`
+    and one sub-folder per component."""
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(f"{folder} has no model_index.json: it is not a diffusers pipeline folder. "
                               "Pass a single .safetensors file, or the folder that holds model_index.json.")
     index = json.loads((folder / "model_index.json").read_text())
-    kind = "refiner" if not (index.get("text_encoder") or [None])[0] else "base"
+    kind = "unclip" if "image_normalizer" in index else "refiner" if not (index.get("text_encoder") or [None])[0] \
+        else "base"
 
     unet_json = json.loads((folder / "unet" / "config.json").read_text())
     unet_config = read_diffusers_unet_config(unet_json)
-    unet = _build_from_diffusers(folder / "unet", UNet, unet_config, dtype, device, "UNet")
+    names = diffusers_unet_names(unet_config)
+    if kind == "unclip":  # y enters SD 2.1 unCLIP's UNet as a "class" embedding, SDXL's as an "addition"
+        names = {k: v.replace("add_embedding.", "class_embedding.") for k, v in names.items()}
+    unet = _build_from_diffusers(folder / "unet", UNet, unet_config, dtype, device, "UNet", names)
     vae_config = read_diffusers_vae_config(json.loads((folder / "vae" / "config.json").read_text()))
     vae = _build_from_diffusers(folder / "vae", AutoencoderKL, vae_config, dtype, device, "VAE")
 
@@ -185,15 +192,47 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, device) -> dict:
                                         "bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
         return build_text_encoder(sd, with_projection, dtype=dtype, device=device, **settings)
 
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    parts = dict(unet=unet, vae=vae, kind=kind,
+                 scheduler_config=json.loads(scheduler.read_text()) if scheduler.is_file() else {},
+                 default_size=(unet_json.get("sample_size") or 128) * vae_config.downsampling_factor)
+    if kind == "unclip":  # SD 2.x's one encoder (OpenCLIP ViT-H, its last layer removed) in bigG's slot
+        conditioner = Conditioner(None, None, load_tokenizer(str(folder / "tokenizer")),
+                                  encoder("text_encoder", False), force_zeros_for_empty_prompt=False,
+                                  final_layer_norm=True, layers_removed=1)
+        return parts | dict(conditioner=conditioner) | _unclip_image_parts(folder, unet, dtype, device)
     text_encoder = encoder("text_encoder", False) if kind == "base" else None
     tok = load_tokenizer(str(folder / "tokenizer")) if kind == "base" else None
     conditioner = Conditioner(tok, text_encoder, load_tokenizer(str(folder / "tokenizer_2")),
                               encoder("text_encoder_2", True),
                               force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", kind == "base"))
-    scheduler = folder / "scheduler" / "scheduler_config.json"
-    return dict(unet=unet, vae=vae, conditioner=conditioner, kind=kind,
-                scheduler_config=json.loads(scheduler.read_text()) if scheduler.is_file() else {},
-                default_size=unet_json.get("sample_size", 128) * vae_config.downsampling_factor)
+    return parts | dict(conditioner=conditioner)
+
+
+def _unclip_image_parts(folder: Path, unet: UNet, dtype: torch.dtype, device) -> dict:
+    """The image side of a Stable unCLIP folder: CLIP's image tower (`image_encoder/`, in
+    transformers' layout already) and the embedding statistics of its noise augmentation
+    (`image_normalizer/`: diffusers' `mean` and `std` are the released `data_mean`, `data_std`)."""
+    cfg = json.loads((folder / "image_encoder" / "config.json").read_text())
+    with SafetensorsFile(str(_weights_file(folder / "image_encoder", "model", dtype))) as f:
+        tower = {k: f.get(k, dtype) for k in f.keys() if not k.endswith("position_ids")}
+    image_encoder = build_image_encoder(tower, cfg.get("hidden_act", "gelu"), dtype=dtype, device=device,
+                                        num_attention_heads=cfg["num_attention_heads"])
+    dim = image_encoder.config.projection_dim
+    if unet.config.adm_in_channels != 2 * dim:
+        raise CheckpointError(f"{folder}: the UNet reads a vector y of {unet.config.adm_in_channels} numbers, but "
+                              f"the image tower gives {dim}-wide embeddings (y is the embedding and its noise "
+                              f"level's embedding, {2 * dim} numbers): the folder mixes two models.")
+    noising = folder / "image_noising_scheduler" / "scheduler_config.json"
+    schedule = json.loads(noising.read_text()).get("beta_schedule") if noising.is_file() else "squaredcos_cap_v2"
+    if schedule != "squaredcos_cap_v2":
+        raise CheckpointError(f"{folder}: the image embedding is noised on a {schedule!r} schedule; Stable unCLIP's "
+                              "(and CLIPEmbeddingNoiseAugmentation's) is 'squaredcos_cap_v2'.")
+    noise_augmentor = CLIPEmbeddingNoiseAugmentation(dim).to(device)
+    with SafetensorsFile(str(_weights_file(folder / "image_normalizer", "diffusion_pytorch_model", dtype))) as f:
+        noise_augmentor.load_state_dict({"data_mean": f.get("mean", torch.float32),
+                                         "data_std": f.get("std", torch.float32)})
+    return dict(image_encoder=image_encoder, noise_augmentor=noise_augmentor)
 
 
 def _weights_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
@@ -209,9 +248,10 @@ def _weights_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
     raise CheckpointError(f"no {stem}.safetensors in {folder}")
 
 
-def _build_from_diffusers(folder: Path, model_class, config, dtype, device, what: str) -> nn.Module:
+def _build_from_diffusers(folder: Path, model_class, config, dtype, device, what: str,
+                          names: dict[str, str] | None = None) -> nn.Module:
     """Build one of our models from a diffusers component folder, through the key map."""
-    names = (diffusers_unet_names if model_class is UNet else diffusers_vae_names)(config)
+    names = names or (diffusers_unet_names if model_class is UNet else diffusers_vae_names)(config)
     with SafetensorsFile(str(_weights_file(folder, "diffusion_pytorch_model", dtype))) as f:
         ours_by_theirs = {theirs: ours for ours, theirs in names.items()}
         with torch.device("meta"):

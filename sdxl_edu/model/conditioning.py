@@ -153,6 +153,8 @@ class Conditioner(nn.Module):
     The base has both encoders; the refiner has only bigG (`text_encoder=None`), and so has
     Stable Diffusion 2.x (its OpenCLIP ViT-H in the same slot), which reads the penultimate
     layer *through* the final LayerNorm (`final_layer_norm=True`; SDXL reads it without).
+    diffusers' SD 2.x folders ship that encoder without its last layer, which SD 2.x never
+    reads (`layers_removed=1`): the penultimate layer is then the encoder's last.
 
     >>> from sdxl_edu.testing import toy_parts
     >>> p = toy_parts("base")
@@ -163,12 +165,12 @@ class Conditioner(nn.Module):
     """
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
-                 force_zeros_for_empty_prompt: bool = True, final_layer_norm: bool = False):
+                 force_zeros_for_empty_prompt: bool = True, final_layer_norm: bool = False, layers_removed: int = 0):
         super().__init__()
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
-        self.final_layer_norm = final_layer_norm
+        self.final_layer_norm, self.layers_removed = final_layer_norm, layers_removed
 
     @property
     def encoders(self) -> list[tuple]:
@@ -178,12 +180,14 @@ class Conditioner(nn.Module):
     @torch.no_grad()
     def encode_text(self, prompts: list[str], clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (penultimate layers, or earlier with clip_skip, concatenated) and pooled."""
-        layer = clip_skip_layer(clip_skip)
+        layer = clip_skip_layer(clip_skip) + self.layers_removed
         contexts, pooled = [], None
         for tokenizer, encoder in self.encoders:
             hidden_states, pooled = text_hidden_states(encoder, tokenize(tokenizer, prompts))
             context = hidden_states[layer]
-            contexts.append(encoder.text_model.final_layer_norm(context) if self.final_layer_norm else context)
+            if self.final_layer_norm:  # transformers 5's CLIPTextModel holds its layers itself, not in .text_model
+                context = getattr(encoder, "text_model", encoder).final_layer_norm(context)
+            contexts.append(context)
         return torch.cat(contexts, dim=-1), pooled  # pooled: the last encoder's (bigG)
 
     def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
