@@ -49,8 +49,9 @@ def looks_like_hub_id(s: str) -> bool:
 
 
 def download(repo_id: str, allow_patterns: list[str] | None = None) -> str:
-    """Download an SDXL diffusers repository (safetensors, configs, tokenizers only) and
-    return its local folder. Needs the `hub` extra: pip install 'sdxl-edu[hub]'."""
+    """Download an SDXL (or Stable unCLIP) diffusers repository (safetensors, configs,
+    tokenizers only; unCLIP's image tower and embedding statistics too) and return its local
+    folder. Needs the `hub` extra: pip install 'sdxl-edu[hub]'."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -58,7 +59,9 @@ def download(repo_id: str, allow_patterns: list[str] | None = None) -> str:
                           "pip install 'sdxl-edu[hub]'") from None
     patterns = allow_patterns or ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*",
                                   "unet/diffusion_pytorch_model.fp16.safetensors",
-                                  "vae/diffusion_pytorch_model.safetensors", "text_encoder*/model.fp16.safetensors"]
+                                  "vae/diffusion_pytorch_model.safetensors", "text_encoder*/model.fp16.safetensors",
+                                  "image_encoder/model.fp16.safetensors", "image_normalizer/*",
+                                  "image_noising_scheduler/*"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return snapshot_download(repo_id, allow_patterns=patterns)
