@@ -100,4 +100,11 @@ fp16_limit = 65504
 
 stochastic_samplers = {"euler_ancestral", "ddpm"}
 
+# ----------------------------------------------------------------------------- 12 from SD 1.x to SDXL
+
+sd21_context_width = 1024  # OpenCLIP ViT-H alone
+sd21_latent_side = 96  # 768 px / 8
+sd15_busiest_level = 0  # 64 x 64 latents with attention: the most pixels, and self-attention's square
+sd15_transformer_blocks = 16  # 1 x (2 encoder + 3 decoder blocks) at each of 3 levels, and 1 in the middle
+
 __all__ = [name for name in dir() if not name.startswith("_")]

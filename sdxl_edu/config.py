@@ -150,6 +150,12 @@ SDXL_VAE = VAEConfig()
 SD15_UNET = UNetConfig(channels=(320, 640, 1280, 1280), transformer_depth=(1, 1, 1, 0), transformer_depth_middle=1,
                        num_head_channels=40, context_dim=768, adm_in_channels=0)
 
+# Stable Diffusion 2.x (v2-inference-v.yaml of Stability-AI/stablediffusion): SD 1.x's levels and
+# depths with SDXL's 64-wide heads, linear projections into and out of each SpatialTransformer
+# (as many parameters as SD 1.x's 1x1 convolutions) and context 1024 (OpenCLIP ViT-H alone).
+SD21_UNET = UNetConfig(channels=(320, 640, 1280, 1280), transformer_depth=(1, 1, 1, 0), transformer_depth_middle=1,
+                       num_head_channels=64, context_dim=1024, adm_in_channels=0)
+
 
 # The two text encoders of SDXL base, as transformers' CLIPTextConfig arguments (the released
 # repository's text_encoder/config.json and text_encoder_2/config.json). CLIP ViT-L/14 uses
@@ -159,3 +165,40 @@ SDXL_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=
                    hidden_act="quick_gelu", vocab_size=49408, max_position_embeddings=77)
 SDXL_CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
                       hidden_act="gelu", projection_dim=1280, vocab_size=49408, max_position_embeddings=77)
+# SD 2.x's text encoder, OpenCLIP ViT-H/14's text tower (SD 2.x reads no pooled embedding, so
+# no projection here).
+SD21_OPENCLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                       hidden_act="gelu", vocab_size=49408, max_position_embeddings=77)
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One text-to-image model of the Stable Diffusion family, as its released config sets it.
+
+    >>> [(m.name, m.resolution, m.prediction_type) for m in SD_FAMILY]
+    [('SD 1.5', 512, 'epsilon'), ('SD 2.1', 768, 'v_prediction'), ('SDXL 1.0', 1024, 'epsilon')]
+    """
+
+    name: str
+    unet: UNetConfig
+    text_encoders: tuple[tuple[str, dict], ...]  # (name, CLIPTextConfig arguments), in the context's order
+    text_layer: str  # which hidden state the context is read from
+    resolution: int  # the side of the pictures it was trained for, in pixels
+    prediction_type: str  # what the UNet predicts: the noise ("epsilon") or v
+    latent_scale: float  # the autoencoder's scaling factor (the autoencoder's architecture is the same)
+    config_url: str  # the released config the numbers come from, at a pinned commit
+
+
+SD_FAMILY = (
+    FamilyMember("SD 1.5", SD15_UNET, (("CLIP ViT-L/14", SDXL_CLIP_L),), "last", 512, "epsilon", 0.18215,
+                 "https://github.com/CompVis/stable-diffusion/blob/36de52cb6e05c3bb1b435afcccc29279a4fdf616/"
+                 "configs/stable-diffusion/v1-inference.yaml"),
+    FamilyMember("SD 2.1", SD21_UNET, (("OpenCLIP ViT-H/14", SD21_OPENCLIP_H),), "penultimate, through ln_final", 768,
+                 "v_prediction", 0.18215,
+                 "https://github.com/Stability-AI/stablediffusion/blob/cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf/"
+                 "configs/stable-diffusion/v2-inference-v.yaml"),
+    FamilyMember("SDXL 1.0", SDXL_BASE, (("CLIP ViT-L/14", SDXL_CLIP_L), ("OpenCLIP ViT-bigG/14", SDXL_CLIP_BIGG)),
+                 "penultimate", 1024, "epsilon", 0.13025,
+                 "https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/"
+                 "configs/inference/sd_xl_base.yaml"),
+)

@@ -87,6 +87,19 @@ def test_sd15_unet_counts_as_diffusers_builds_it():
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) == 859_520_964
 
 
+def test_sd21_unet_counts_as_diffusers_builds_it():
+    """SD 2.1's UNet from its numbers: 64-wide heads, linear projections, context 1024."""
+    from diffusers import UNet2DConditionModel
+
+    from sdxl_edu.config import SD21_UNET
+
+    with torch.device("meta"):
+        ours = UNet(SD21_UNET)
+        theirs = UNet2DConditionModel(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                                      use_linear_projection=True)  # SD 2.1's unet/config.json
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters()) == 865_910_724
+
+
 def test_sdxl_unet_asks_for_y():
     with torch.device("meta"):
         unet = UNet(SDXL_BASE)

@@ -13,7 +13,7 @@ import torch
 
 from sdxl_edu.course import exercises as ex
 from sdxl_edu.course import lesson
-from sdxl_edu.config import SDXL_BASE
+from sdxl_edu.config import SD15_UNET, SDXL_BASE
 from sdxl_edu.course.figures import execute, lesson_notebooks
 from sdxl_edu.sampling.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 from sdxl_edu.testing import save_toy_checkpoint
@@ -39,7 +39,7 @@ def outputs(nb) -> str:
 
 
 def test_there_is_a_lesson_per_concept():
-    assert len(NOTEBOOKS) == 11
+    assert len(NOTEBOOKS) == 12
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
 
 
@@ -131,6 +131,10 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.scaling_factor_rule(solutions.scaling_factor, nano.vae, torch.rand(2, 3, 64, 64) * 2 - 1),
         ex.fp16_limit(solutions.fp16_limit),
         ex.stochastic_samplers(solutions.stochastic_samplers),
+        ex.context_width(solutions.sd21_context_width, "SD 2.1"),
+        ex.native_latent_side(solutions.sd21_latent_side, "SD 2.1"),
+        ex.busiest_level(solutions.sd15_busiest_level, "SD 1.5"),
+        ex.transformer_blocks(solutions.sd15_transformer_blocks, SD15_UNET),
     ]
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
 
@@ -161,6 +165,10 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.scaling_factor_rule(lambda z: z.std(), nano.vae, torch.rand(2, 3, 64, 64) * 2 - 1),
         ex.fp16_limit(3.4e38),
         ex.stochastic_samplers({"euler_ancestral"}),
+        ex.context_width(768, "SD 2.1"),
+        ex.native_latent_side(768, "SD 2.1"),
+        ex.busiest_level(3, "SD 1.5"),
+        ex.transformer_blocks(12, SD15_UNET),
     ]
     assert not any(v.ok for v in verdicts)
     assert all(v.ok is False and len(v.why) > 20 for v in verdicts)

@@ -85,7 +85,8 @@ def unet_parameters(config: UNetConfig) -> dict[str, int]:
 
 def unet_flops(config: UNetConfig, height: int, width: int) -> dict[str, int]:
     """Floating-point operations of one UNet call on (1, 4, height, width) latents, in total,
-    in SpatialTransformers, per level and in the middle (PyTorch's FlopCounterMode, on meta).
+    in SpatialTransformers, per level and in the middle, and the SpatialTransformers' share of
+    each (`"level 1 transformers"`); PyTorch's FlopCounterMode, on meta.
 
     >>> from sdxl_edu.config import SDXL_BASE
     >>> round(unet_flops(SDXL_BASE, 128, 128)["total"] / 1e12, 2)  # a 1024 x 1024 picture
@@ -106,6 +107,8 @@ def unet_flops(config: UNetConfig, height: int, width: int) -> dict[str, int]:
               "spatial transformers": sum(per_module.get(n, 0) for n in transformers)}
     for group, names in _levels(unet, config).items():
         counts[group] = sum(per_module.get(n, 0) for n in names)
+        counts[f"{group} transformers"] = sum(per_module.get(n, 0) for n in transformers
+                                              if any(n.startswith(name + ".") for name in names))
     return counts
 
 
@@ -120,14 +123,25 @@ def vae_parameters(config: VAEConfig) -> int:
         return _count(AutoencoderKL(config))
 
 
+def clip_text_parameters(config: dict) -> int:
+    """Parameters of one CLIP text encoder given as CLIPTextConfig arguments, with the pooled
+    embedding's projection when the config has a `projection_dim`.
+
+    >>> from sdxl_edu.config import SD21_OPENCLIP_H
+    >>> clip_text_parameters(SD21_OPENCLIP_H)  # SD 2.x's OpenCLIP ViT-H/14 text tower
+    352984064
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    model = CLIPTextModelWithProjection if "projection_dim" in config else CLIPTextModel
+    with torch.device("meta"):
+        return _count(model(CLIPTextConfig(**config)))
+
+
 def text_encoder_parameters(clip_l: dict = SDXL_CLIP_L, bigg: dict = SDXL_CLIP_BIGG) -> dict[str, int]:
     """Parameters of the two text encoders (transformers' CLIP text models, built on meta).
 
     >>> text_encoder_parameters()  # CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, with its projection
     {'CLIP ViT-L': 123060480, 'OpenCLIP ViT-bigG': 694659840}
     """
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        return {"CLIP ViT-L": _count(CLIPTextModel(CLIPTextConfig(**clip_l))),
-                "OpenCLIP ViT-bigG": _count(CLIPTextModelWithProjection(CLIPTextConfig(**bigg)))}
+    return {"CLIP ViT-L": clip_text_parameters(clip_l), "OpenCLIP ViT-bigG": clip_text_parameters(bigg)}

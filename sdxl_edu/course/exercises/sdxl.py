@@ -1,42 +1,8 @@
-"""Checkers for the lessons' exercises: each says right or wrong, and why.
-
-A checker takes the learner's answer (a number, a word, or a function to test) and computes
-the truth on the spot, from the code or the model the lesson runs, never from a stored
-answer. It returns a `Verdict`, which a notebook shows as one line:
-
->>> unet_rows(None)
-… Not answered yet: replace None with your answer and run the cell again.
->>> classifier_free_guidance_rule(lambda eps_u, eps_c, w: eps_c)
-✗ Not quite: with w = 0.0 your function gives eps_cond, but guidance moves past it: eps_uncond + w (eps_cond - eps_uncond).
-
-Solutions are in `lessons/solutions.py`.
-"""
-
-from dataclasses import dataclass
+"""Checkers for the exercises of lessons 1 to 11, on SDXL's own parts (see `sdxl_edu.course.exercises`)."""
 
 import torch
 
-
-@dataclass
-class Verdict:
-    ok: bool | None  # None: not answered yet
-    why: str
-
-    def __repr__(self) -> str:
-        if self.ok is None:
-            return f"… Not answered yet: {self.why}"
-        return f"{'✓ Right' if self.ok else '✗ Not quite'}: {self.why}"
-
-    def __bool__(self) -> bool:
-        return bool(self.ok)
-
-
-NOT_YET = Verdict(None, "replace None with your answer and run the cell again.")
-
-
-def _close(a, b, tol: float = 1e-4) -> bool:
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
-                          atol=tol, rtol=tol)
+from .verdict import NOT_YET, Verdict, close
 
 
 # ----------------------------------------------------------------------------- 01 the pipeline tour
@@ -74,7 +40,7 @@ def latent_shape_rule(fn) -> Verdict:
     >>> latent_shape_rule(lambda h, w: (4, h // 8, w // 8)).ok
     True
     """
-    from ..config import SDXL_VAE
+    from ...config import SDXL_VAE
 
     if fn is None:
         return NOT_YET
@@ -95,7 +61,7 @@ def refiner_context_width(answer) -> Verdict:
     >>> refiner_context_width(2048)
     ✗ Not quite: 2048 is the base's (768 + 1280); the refiner has no CLIP ViT-L.
     """
-    from ..config import SDXL_BASE, SDXL_REFINER
+    from ...config import SDXL_BASE, SDXL_REFINER
 
     if answer is None:
         return NOT_YET
@@ -122,7 +88,7 @@ def q_sample_rule(fn, schedule) -> Verdict:
     for t in (0, 250, 999):
         truth = schedule.q_sample(x0, t, noise)
         got = fn(x0, t, noise, schedule.alphas_cumprod)
-        if not _close(got, truth):
+        if not close(got, truth):
             return Verdict(False, f"at t = {t} your x_t differs from sqrt(alpha_bar_t) x0 + "
                                   "sqrt(1 - alpha_bar_t) noise (variance preserving: the two weights' squares sum to 1).")
     return Verdict(True, "x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, at every t tried.")
@@ -140,7 +106,7 @@ def sigma_rule(fn, schedule) -> Verdict:
     ab = schedule.alphas_cumprod[[1, 500, 998]]
     truth = ((1 - ab) / ab).sqrt()
     got = fn(ab)
-    if _close(got, truth, 1e-3):
+    if close(got, truth, 1e-3):
         return Verdict(True, "sigma = sqrt((1 - alpha_bar) / alpha_bar): x_t / sqrt(alpha_bar) = x0 + sigma eps.")
     return Verdict(False, "divide x_t by sqrt(alpha_bar_t): the noise that is left has standard deviation sigma.")
 
@@ -171,8 +137,8 @@ def classifier_free_guidance_rule(fn) -> Verdict:
     for w in (0.0, 1.0, 3.0, 7.5):
         truth = eps_u + w * (eps_c - eps_u)
         got = fn(eps_u, eps_c, w)
-        if not _close(got, truth):
-            if _close(got, eps_c):
+        if not close(got, truth):
+            if close(got, eps_c):
                 return Verdict(False, f"with w = {w} your function gives eps_cond, but guidance moves past it: "
                                       "eps_uncond + w (eps_cond - eps_uncond).")
             return Verdict(False, f"with w = {w} the result differs from eps_uncond + w (eps_cond - eps_uncond).")
@@ -236,7 +202,7 @@ def clip_skip_index(fn) -> Verdict:
     >>> clip_skip_index(lambda k: -1).ok  # the last layer is not what SDXL reads
     False
     """
-    from ..model.text import clip_skip_layer
+    from ...model.text import clip_skip_layer
 
     if fn is None:
         return NOT_YET
@@ -273,7 +239,7 @@ def transformer_blocks(answer, config) -> Verdict:
     >>> transformer_blocks(70, SDXL_BASE).ok
     True
     """
-    from ..model.unet import BasicTransformerBlock, UNet
+    from ...model.unet import BasicTransformerBlock, UNet
 
     if answer is None:
         return NOT_YET
@@ -326,7 +292,7 @@ def micro_ids_rule(fn) -> Verdict:
     >>> micro_ids_rule(lambda o, c, t: [*o, *c, *t]).ok
     True
     """
-    from ..model.conditioning import micro_conditioning_ids
+    from ...model.conditioning import micro_conditioning_ids
 
     if fn is None:
         return NOT_YET
@@ -433,7 +399,7 @@ def stochastic_samplers(answer) -> Verdict:
     >>> stochastic_samplers({"ddpm", "euler_ancestral"}).ok
     True
     """
-    from ..sampling.samplers import SAMPLERS
+    from ...sampling.samplers import SAMPLERS
 
     if answer is None:
         return NOT_YET

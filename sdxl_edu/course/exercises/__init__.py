@@ -1,0 +1,24 @@
+"""Checkers for the lessons' exercises: each says right or wrong, and why.
+
+A checker takes the learner's answer (a number, a word, or a function to test) and computes
+the truth on the spot, from the code or the model the lesson runs, never from a stored
+answer. It returns a `Verdict`, which a notebook shows as one line:
+
+>>> unet_rows(None)
+… Not answered yet: replace None with your answer and run the cell again.
+>>> classifier_free_guidance_rule(lambda eps_u, eps_c, w: eps_c)
+✗ Not quite: with w = 0.0 your function gives eps_cond, but guidance moves past it: eps_uncond + w (eps_cond - eps_uncond).
+
+Lessons 1 to 11's checkers are in `sdxl.py` (SDXL's own parts), lesson 12's in `family.py` (the
+Stable Diffusion family); `verdict.py` holds what they return. Solutions are in
+`lessons/solutions.py`.
+"""
+
+from .family import busiest_level, context_width, native_latent_side  # noqa: F401
+from .sdxl import (  # noqa: F401
+    unet_rows, latent_shape_rule, refiner_context_width, q_sample_rule, sigma_rule,
+    terminal_signal, classifier_free_guidance_rule, guidance_cost, negative_formula,
+    zeros_vs_empty, clip_skip_index, hidden_state_count, transformer_blocks,
+    attention_scores_size, y_width, micro_ids_rule, handoff_steps, img2img_steps,
+    similarity_trend, scaling_factor_rule, fp16_limit, stochastic_samplers)
+from .verdict import NOT_YET, Verdict  # noqa: F401
