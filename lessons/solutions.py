@@ -100,6 +100,13 @@ fp16_limit = 65504
 
 stochastic_samplers = {"euler_ancestral", "ddpm"}
 
+
+def my_euler(denoise, x, plan):
+    for t, sigma, sigma_next in zip(plan.timesteps, plan.sigmas[:-1], plan.sigmas[1:]):
+        eps = denoise(x, sigma, t)  # the noise the model sees at this sigma
+        x = x + (sigma_next - sigma) * eps  # one Euler step of dx/dsigma = eps
+    return x
+
 # ----------------------------------------------------------------------------- 12 from SD 1.x to SDXL
 
 sd21_context_width = 1024  # OpenCLIP ViT-H alone

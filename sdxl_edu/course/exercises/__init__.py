@@ -20,5 +20,6 @@ from .sdxl import (  # noqa: F401
     terminal_signal, classifier_free_guidance_rule, guidance_cost, negative_formula,
     zeros_vs_empty, clip_skip_index, hidden_state_count, transformer_blocks,
     attention_scores_size, y_width, micro_ids_rule, handoff_steps, img2img_steps,
-    similarity_trend, scaling_factor_rule, fp16_limit, stochastic_samplers)
+    similarity_trend, scaling_factor_rule, fp16_limit, stochastic_samplers,
+    euler_loop_rule)
 from .verdict import NOT_YET, Verdict  # noqa: F401

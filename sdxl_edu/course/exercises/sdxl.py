@@ -411,3 +411,39 @@ def stochastic_samplers(answer) -> Verdict:
         return Verdict(True, "Euler ancestral and DDPM draw new noise each step (DDIM does with eta > 0): "
                              "more steps do not make them converge to one picture.")
     return Verdict(False, "look for a call that draws noise inside the loop in sdxl_edu/sampling/samplers.py.")
+
+
+def euler_loop_rule(fn) -> Verdict:
+    """`fn(denoise, x, plan) -> x`: the learner's Euler sampler, walking `plan.timesteps` and
+    `plan.sigmas` (one sigma more than steps, the last 0) with `eps = denoise(x, sigma, t)`,
+    compared with the library's `euler` on two stand-in models, to 1e-5.
+
+    >>> def mine(denoise, x, plan):
+    ...     for t, sigma, sigma_next in zip(plan.timesteps, plan.sigmas[:-1], plan.sigmas[1:]):
+    ...         x = x + (sigma_next - sigma) * denoise(x, sigma, t)
+    ...     return x
+    >>> euler_loop_rule(mine).ok
+    True
+    """
+    from ...sampling.samplers import euler, make_plan
+    from ...sampling.schedule import NoiseSchedule
+
+    if fn is None:
+        return NOT_YET
+    models = {"tanh(x)": lambda x, sigma, t: torch.tanh(x),
+              "one that reads sigma and t": lambda x, sigma, t: x * sigma / (sigma**2 + 1) + t / 1000}
+    for steps, (name, denoise) in zip((8, 20), models.items()):
+        plan = make_plan(NoiseSchedule(), "euler", steps)
+        x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(steps)) * plan.init_noise_sigma
+        truth, got = euler(denoise, x.clone(), plan), fn(denoise, x.clone(), plan)
+        if got is None:  # the template's body, not written yet
+            return NOT_YET
+        if tuple(got.shape) != tuple(truth.shape):
+            return Verdict(False, "return the final x, of the same shape as the x you were given.")
+        if not close(got, truth, 1e-5):
+            return Verdict(False, f"with {steps} steps on the model {name}, yours ends "
+                                  f"{(got - truth).abs().max():.2e} away from `euler`: each step is "
+                                  "x + (sigma_next - sigma) eps, with eps from denoise(x, sigma, t) at the step's "
+                                  "own sigma and timestep.")
+    return Verdict(True, "your loop is the library's Euler sampler, step for step: Karras et al.'s "
+                         "Algorithm 2 without churn.")
