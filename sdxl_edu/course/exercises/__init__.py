@@ -14,12 +14,20 @@ Stable Diffusion family); `verdict.py` holds what they return. Solutions are in
 `lessons/solutions.py`.
 """
 
-from .family import busiest_level, context_width, native_latent_side  # noqa: F401
-from .sdxl import (  # noqa: F401
+from .family import busiest_level, context_width, native_latent_side
+from .sdxl import (
     unet_rows, latent_shape_rule, refiner_context_width, q_sample_rule, sigma_rule,
     terminal_signal, classifier_free_guidance_rule, guidance_cost, negative_formula,
     zeros_vs_empty, clip_skip_index, hidden_state_count, transformer_blocks,
     attention_scores_size, y_width, micro_ids_rule, handoff_steps, img2img_steps,
     similarity_trend, scaling_factor_rule, fp16_limit, stochastic_samplers,
     euler_loop_rule)
-from .verdict import NOT_YET, Verdict  # noqa: F401
+from .verdict import NOT_YET, Verdict
+
+__all__ = [
+    "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "classifier_free_guidance_rule",
+    "clip_skip_index", "context_width", "euler_loop_rule", "fp16_limit", "guidance_cost", "handoff_steps",
+    "hidden_state_count", "img2img_steps", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
+    "negative_formula", "q_sample_rule", "refiner_context_width", "scaling_factor_rule", "sigma_rule",
+    "similarity_trend", "stochastic_samplers", "terminal_signal", "transformer_blocks", "unet_rows",
+    "y_width", "zeros_vs_empty"]
