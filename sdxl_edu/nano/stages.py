@@ -25,8 +25,9 @@
 Each trains with `sdxl_edu.nano.loop.fit` on batches drawn as `sdxl_edu.nano.batches` says.
 The UNets learn what the schedule the pipeline samples with asks for: x_t from
 `NoiseSchedule.q_sample`, the target from `NoiseSchedule.training_target` (the noise for
-epsilon prediction, sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 for v). `python -m sdxl_edu.nano.train` runs the stages
-(tests/test_nano_train.py runs every one on a few pictures, and is their example).
+epsilon prediction, sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 for v).
+`python -m sdxl_edu.nano.train` runs the stages (tests/test_nano_train.py runs every one on a
+few pictures, and is their example).
 """
 
 import dataclasses
@@ -192,8 +193,8 @@ def new_unet(run: Run, name: str, config, init=None) -> UNet:
 
 def stage_base(run: Run, schedule: NoiseSchedule, text_encoders, init=None) -> None:
     """The base UNet on the cached latents, reading the frozen text encoders: the schedule's
-    target (`NANO_SCHEDULER`'s: v), t uniform over 0..999, 10% of captions dropped (zero context and
-    pooled)."""
+    target (`NANO_SCHEDULER`'s: v), t uniform over 0..999, 10% of captions dropped (zero
+    context and pooled)."""
     data, latents = load_data(run), load_latents(run)
     te1, te2 = text_encoders
     unet = new_unet(run, "base", NANO_BASE, init)
