@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from sdxl_edu.nano.reimagine_bench import input_scenes, judge, variations
-from sdxl_edu.nano.scene_bench import phrase
+from sdxl_edu.nano.bench import phrase
 from sdxl_edu.nano.loop import Run
-from sdxl_edu.nano.scene_classifiers import SceneEvaluator
+from sdxl_edu.nano.classifiers import SceneEvaluator
 from sdxl_edu.nano.stages import trained
 from sdxl_edu.nano.scenes import render_caption
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sdxl_edu.nano.data import COLOURS, PHRASES, POSITIONS, SHAPES, SIZES, position_of
-from sdxl_edu.nano.scene_classifiers import pair_classes, presence
+from sdxl_edu.nano.classifiers import pair_classes, presence
 from sdxl_edu.nano.scenes import BUCKETS, LABELS, OBJECT_COUNTS, captions_from_labels, make_scene
 
 

@@ -15,7 +15,7 @@ from sdxl_edu import load_pipeline, load_variation_pipeline
 from sdxl_edu.nano import NANO_BASE, NANO_REFINER, NANO_SCHEDULER, SDXL_SCHEDULE
 from sdxl_edu.nano.reimagine import NANO_REIMAGINE
 from sdxl_edu.nano.clip import clip_pixels
-from sdxl_edu.nano.scene_classifiers import SceneClassifier, SceneEvaluator
+from sdxl_edu.nano.classifiers import SceneClassifier, SceneEvaluator
 from sdxl_edu.nano.train import STAGES
 from sdxl_edu.sampling.schedule import NoiseSchedule
 

@@ -16,15 +16,15 @@ single-file layout, and loaded by the same `load_pipeline`. The recipe here is n
 | schedule (base) | scaled linear, epsilon, leading | SDXL's betas rescaled to zero terminal SNR, v, trailing |
 | schedule (refiner) | SDXL's | SDXL's (it never sees t >= 200) |
 
-The weights shipped in `weights/` are still release 5 (one object per 64 x 64 picture, f = 4,
-v-prediction on a zero-terminal-SNR schedule; trained by commit dce7be2's recipe): see the
-model card, `sdxl_edu/nano/MODEL_CARD.md`, until nano SDXL 2's training is done.
+The weights shipped in `weights/` are nano SDXL 2's, with nano Reimagine (image variations);
+what they do and do not yet do, measured, is in the model card, `sdxl_edu/nano/MODEL_CARD.md`.
 """
 
 from ..config import UNetConfig, VAEConfig
 from ..loading import NANO_DIR as WEIGHTS
 from ..sampling.schedule import SDXL_SCHEDULER_CONFIG
 BASE_FILE, REFINER_FILE = WEIGHTS / "nano_sdxl_base.safetensors", WEIGHTS / "nano_sdxl_refiner.safetensors"
+REIMAGINE_FILE = WEIGHTS / "nano_reimagine.safetensors"
 CLASSIFIER_FILE, EVALUATOR_FILE = WEIGHTS / "nano_classifier.safetensors", WEIGHTS / "nano_evaluator.safetensors"
 
 SDXL_SCHEDULE = dict(SDXL_SCHEDULER_CONFIG)  # epsilon, scaled-linear betas, "leading": the refiner's and classifier's

@@ -1,33 +1,15 @@
-"""The nano SDXL dataset: one coloured shape per picture, every fact about it known.
+"""nano SDXL's vocabulary and drawing primitives: shapes, colours, positions, sizes, the
+words of the captions, how a shape is rasterised and a background painted, where an object
+lies, and how a picture is degraded for the refiner.
 
-Each sample goes through SDXL's data pipeline (SDXL paper, sections 2.2 and 2.3):
+The dataset itself, scenes of one to three objects through SDXL's resize-and-crop pipeline
+with every fact about them recorded, is `sdxl_edu.nano.scenes`.
 
-1. an *original* picture is rendered at a random size (its short side a quarter of the
-   bucket's up to twice it) and aspect; small originals are genuinely low-resolution;
-2. it is resized so that it covers the training bucket (small originals are upscaled and
-   come out blurry), then cropped at random to the bucket;
-3. `original_size`, `crop_top_left` and `target_size` (the bucket) are recorded in pixels,
-   height first, exactly what the UNet is later told.
-
-The caption is written *after* the crop, from where the object really lies in the picture
-the model sees: a caption written before the crop would teach the model that position
-words mean nothing.
-
-Originals are "photographs" of two kinds. Half are framed to the bucket's aspect with the
-object placed in a chosen region (so every position word occurs uncropped); half are wider
-or taller than the bucket with the object near the middle, as a photographer frames a
-subject, so that the random crop is what moves or cuts it: a large crop offset means the
-object was cut at the top or left, which is the effect crop conditioning learns.
-
->>> rng = np.random.default_rng(0)
->>> s = make_sample(rng, (64, 64))
->>> s.image.shape, s.mask.shape, s.target_size
-((64, 64, 3), (64, 64), (64, 64))
->>> caption_words = set(s.caption.split()); caption_words <= set(VOCABULARY)
+>>> make_caption(np.random.default_rng(0), "circle", "red", "left", "small")
+'a small red circle on the left'
+>>> set(make_caption(np.random.default_rng(1), "square", "blue", "top", "large").split()) <= set(VOCABULARY)
 True
 """
-
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -39,23 +21,10 @@ POSITIONS = ("left", "right", "top", "bottom", "center")
 SIZES = ("small", "large")
 PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
            "center": "in the center"}
-BUCKETS = ((64, 64), (48, 80), (80, 48))  # (height, width): the square and two of about the same area
 VOCABULARY = ["a", *SIZES, *COLOURS, *SHAPES, "on", "at", "in", "the", *POSITIONS, "blurry", "sharp", "cut", "off",
               "and", "photo", "of", "shape"]
-ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "position": POSITIONS, "size": SIZES}
 SUPERSAMPLE = 4  # rendering resolution factor, for anti-aliased edges
 
-
-@dataclass
-class Sample:
-    image: np.ndarray  # (H, W, 3) uint8, the picture the model is trained on
-    mask: np.ndarray  # (H, W) bool, the object's pixels in it
-    caption: str
-    labels: dict  # shape, colour, position, size: indices into ATTRIBUTES
-    original_size: tuple[int, int]
-    crop_top_left: tuple[int, int]
-    target_size: tuple[int, int]
-    extra: dict = field(default_factory=dict)
 
 
 def background(rng, h: int, w: int) -> np.ndarray:
@@ -121,61 +90,6 @@ def position_of(mask: np.ndarray) -> str:
 REGIONS = {"left": ((0.35, 0.65), (0.0, 0.3)), "right": ((0.35, 0.65), (0.7, 1.0)),
            "top": ((0.0, 0.3), (0.35, 0.65)), "bottom": ((0.7, 1.0), (0.35, 0.65)),
            "center": ((0.44, 0.56), (0.44, 0.56))}  # where a framed original puts the object's centre
-
-
-def make_sample(rng: np.random.Generator, bucket: tuple[int, int], caption_dropout: float = 0.0) -> Sample:
-    """One training sample for a bucket (height, width), through SDXL's resize and crop."""
-    bh, bw = bucket
-    shape, colour, size_word = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES)
-    framed = rng.random() < 0.5
-    # the original: short side from a quarter of the bucket's to twice it
-    short = min(bh, bw) * np.exp(rng.uniform(np.log(0.25), np.log(2.0)))
-    if framed:
-        oh, ow = short * bh / min(bh, bw), short * bw / min(bh, bw)
-    else:  # wider or taller than the bucket
-        stretch = rng.uniform(1.3, 2.2)
-        oh, ow = (short * bh / min(bh, bw), short * bw / min(bh, bw))
-        oh, ow = (oh, ow * stretch) if rng.random() < 0.5 else (oh * stretch, ow)
-    oh, ow = max(8, round(oh)), max(8, round(ow))
-    scale = max(bh / oh, bw / ow)  # resize factor that makes the original cover the bucket
-    # object size is set in the *final* picture: a quarter / half of the bucket's short side
-    size_final = min(bh, bw) * (0.25 if size_word == "small" else 0.5) * rng.uniform(0.9, 1.1)
-    size = size_final / scale
-    r = size / 2
-    if framed:
-        # a framed photograph shows the whole subject: keep 3 final pixels (and the
-        # upscaling blur) between the object and the frame
-        (y0, y1), (x0, x1) = REGIONS[rng.choice(POSITIONS)]
-        margin = r + 3 / scale + 0.5
-        cy = np.clip(rng.uniform(y0, y1) * oh, margin, oh - margin)
-        cx = np.clip(rng.uniform(x0, x1) * ow, margin, ow - margin)
-    else:  # near the middle along the axis the crop cuts (the long one), anywhere across it
-        wide = ow / oh > bw / bh
-        jitter_y, jitter_x = (0.25, 0.05) if wide else (0.05, 0.25)
-        cy = np.clip(oh / 2 + rng.uniform(-jitter_y, jitter_y) * oh, r + 0.5, oh - r - 0.5)
-        cx = np.clip(ow / 2 + rng.uniform(-jitter_x, jitter_x) * ow, r + 0.5, ow - r - 0.5)
-
-    rgb = np.array(COLOURS[colour]) + rng.uniform(-12, 12, 3)
-    coverage = shape_mask(shape, oh, ow, cy, cx, size)[..., None]
-    original = background(rng, oh, ow) * (1 - coverage) + rgb * coverage
-
-    # SDXL's pipeline: resize to cover the bucket, then a random crop
-    rh, rw = max(bh, round(oh * scale)), max(bw, round(ow * scale))
-    resized = np.asarray(Image.fromarray(original.clip(0, 255).astype(np.uint8)).resize((rw, rh), Image.BICUBIC))
-    full_mask = shape_mask(shape, rh, rw, cy * rh / oh, cx * rw / ow, size * rh / oh) > 0.5
-    for _ in range(20):  # keep crops that show at least half of the object
-        top, left = int(rng.integers(0, rh - bh + 1)), int(rng.integers(0, rw - bw + 1))
-        mask = full_mask[top:top + bh, left:left + bw]
-        if mask.sum() >= 0.5 * full_mask.sum():
-            break
-    image = resized[top:top + bh, left:left + bw].copy()
-
-    position = position_of(mask)
-    labels = {"shape": SHAPES.index(shape), "colour": list(COLOURS).index(colour),
-              "position": POSITIONS.index(position), "size": SIZES.index(size_word)}
-    caption = "" if rng.random() < caption_dropout else make_caption(rng, shape, colour, position, size_word)
-    return Sample(image, mask, caption, labels, (oh, ow), (top, left), (bh, bw),
-                  {"cut": bool(mask.sum() < full_mask.sum()), "framed": bool(framed)})
 
 
 def make_caption(rng, shape: str, colour: str, position: str, size: str) -> str:

@@ -1,16 +1,11 @@
-"""How nano SDXL's pictures are measured: what the evaluator reads in them, and pixel statistics.
+"""Pixel rules: what can be measured in nano's pictures without any model.
 
-Two kinds of measurement, both used by the lessons, `sdxl_edu.course.lesson` and the benchmark
-(`python -m sdxl_edu.nano.bench`), and neither used to train the generator:
-
-- the evaluator's reading (`read`): which shape, colour, position and size it sees in a
-  picture, and how degraded the picture looks (0 = clean). The evaluator is a classifier
-  trained on nano's rendered pictures (`sdxl_edu.nano.classifiers.Evaluator`), so its own
-  accuracy on fresh renders (`evaluator_accuracy`) bounds what any reading of it can show;
-- pixel statistics that need no model: saturation (how strongly coloured), high-frequency
-  energy (how sharp), and the object's mask (the largest blob of saturated pixels), from
-  which whether it touches the frame (cut by the crop) and where attention peaks relative
-  to it (the pointing game).
+nano's objects are saturated colours on pale, unsaturated backgrounds, so simple statistics
+say a lot: saturation (how strongly coloured a picture is), high-frequency energy (how
+sharp), the saturated pixels and their largest blob (an object's mask), whether a mask
+touches the frame (cut by the crop) and whether an attention map peaks inside it (the
+pointing game). The evaluator's reading of every object is `sdxl_edu.nano.scene_reading`.
+Neither is ever used to train the generator.
 
 Pictures are PIL images, as the pipeline returns them (the saturation measures also take
 (H, W, 3) arrays in 0..255).
@@ -18,9 +13,6 @@ Pictures are PIL images, as the pipeline returns them (the saturation measures a
 
 import numpy as np
 import torch
-
-from .classifiers import Evaluator
-from .data import ATTRIBUTES, BUCKETS, make_sample
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -33,39 +25,6 @@ def to_tensor(images) -> torch.Tensor:
     """
     return torch.from_numpy(np.stack([np.asarray(im, np.float32) for im in images])).permute(0, 3, 1, 2) / 127.5 - 1
 
-
-@torch.no_grad()
-def read(evaluator: Evaluator, images) -> dict[str, np.ndarray]:
-    """What the evaluator sees: predicted index per attribute, and the degradation level.
-
-    A freshly rendered training picture is read as its labels say:
-
-    >>> from PIL import Image
-    >>> from sdxl_edu.nano.classifiers import load_evaluator
-    >>> from sdxl_edu.nano.data import make_sample
-    >>> s = make_sample(np.random.default_rng(3), (64, 64))
-    >>> seen = read(load_evaluator(), [Image.fromarray(s.image)])
-    >>> all(seen[name][0] == s.labels[name] for name in ("shape", "colour"))
-    True
-    """
-    out = evaluator(to_tensor(images))
-    return {k: (v.argmax(-1) if v.ndim == 2 else v).numpy() for k, v in out.items()}
-
-
-def evaluator_accuracy(evaluator, n: int = 600, seed: int = 10_000) -> dict:
-    """The judge first: its accuracy on freshly rendered pictures it never saw in training.
-
-    >>> from sdxl_edu.nano.classifiers import load_evaluator
-    >>> accuracy = evaluator_accuracy(load_evaluator(), n=100)
-    >>> accuracy["shape"] > 0.9 and accuracy["colour"] > 0.9
-    True
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    samples = [make_sample(rng, BUCKETS[0]) for _ in range(n)]
-    seen = read(evaluator, [Image.fromarray(s.image) for s in samples])
-    return {name: float(np.mean(seen[name] == np.array([s.labels[name] for s in samples]))) for name in ATTRIBUTES}
 
 
 def saturation(images) -> float:

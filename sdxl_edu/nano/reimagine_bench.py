@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .scene_bench import SEED, phrase, rate, report
+from .bench import SEED, phrase, rate, report
 from .scene_reading import read_objects
 from .scenes import BUCKETS, Scene, make_scene
 
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
     (and written to `--json`)."""
     from ..loading import load_pipeline, load_variation_pipeline
     from . import BASE_FILE, EVALUATOR_FILE, WEIGHTS
-    from .scene_classifiers import load_scene_evaluator
+    from .classifiers import load_evaluator
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=60)
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     folder = Path(args.weights)
     pipe = load_variation_pipeline(folder / "nano_reimagine.safetensors")
-    base, evaluator = load_pipeline(folder / BASE_FILE.name), load_scene_evaluator(folder / EVALUATOR_FILE.name)
+    base, evaluator = load_pipeline(folder / BASE_FILE.name), load_evaluator(folder / EVALUATOR_FILE.name)
     scenes = input_scenes(args.scenes)
     results = {"time": timing(pipe), "inputs_read_back": judge(evaluator, scenes, [[s.image] for s in scenes])}
     for level in (0, 250, 500):

@@ -50,11 +50,11 @@ from .clip import clip_heads, clip_image_embeddings, clip_pixels, clip_text_embe
     new_image_encoder, new_text_encoders, same_caption, zero_shot_accuracy
 from .data import aesthetic_score, degrade
 from .loop import Run, fit, stage_seed
-from .scene_classifiers import SceneClassifier, SceneEvaluator, pair_classes, presence
+from .classifiers import SceneClassifier, SceneEvaluator, pair_classes, presence
 from .scenes import BUCKETS, make_scene
 
 STAGES = ("data", "vae", "latents", "clip", "base", "refiner", "reimagine", "classifiers", "export")
-STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 6000, "refiner": 2000, "reimagine": 6000,
+STEPS = {"vae": 3000, "vae_pictures": 1000, "clip": 1500, "base": 9000, "refiner": 2000, "reimagine": 6000,
          "classifier": 900, "evaluator": 1200}
 SAMPLES_PER_BUCKET = 16000
 
@@ -237,7 +237,7 @@ def stage_refiner(run: Run, schedule: NoiseSchedule, text_encoder_2, init=None) 
 
 def stage_classifiers(run: Run, schedule: NoiseSchedule, vae: AutoencoderKL) -> None:
     """The noise-aware classifier on q_sample(latents, t), then the evaluator on clean pictures,
-    their reconstructions and degraded copies (`sdxl_edu.nano.scene_classifiers`)."""
+    their reconstructions and degraded copies (`sdxl_edu.nano.classifiers`)."""
     data, latents = load_data(run), load_latents(run)
     torch.manual_seed(stage_seed(run, "classifier"))
     classifier, evaluator = SceneClassifier(), SceneEvaluator()

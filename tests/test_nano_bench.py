@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_edu.nano.scene_bench import one_object, reading_accuracy, renders_control, several_objects
+from sdxl_edu.nano.bench import one_object, reading_accuracy, renders_control, several_objects
 from sdxl_edu.nano.loop import Run
-from sdxl_edu.nano.scene_classifiers import SceneEvaluator
+from sdxl_edu.nano.classifiers import SceneEvaluator
 from sdxl_edu.nano.stages import trained
 from sdxl_edu.nano.scenes import render_caption
 
