@@ -2,8 +2,9 @@
 
 A lesson loads its model with `load()`: nano SDXL (shipped with the package) unless the
 environment variable `SDXL_EDU_MODEL` names another SDXL base checkpoint (a single file, a
-diffusers folder or a hub id); `SDXL_EDU_REFINER` does the same for the refiner. The same
-notebook then runs unchanged on the released weights.
+diffusers folder or a hub id); `SDXL_EDU_REFINER` does the same for the refiner, and
+`SDXL_EDU_VARIATIONS` for the image-variations model (a Stable unCLIP; nano Reimagine by
+default). The same notebook then runs unchanged on the released weights.
 
 A lesson's claims are measurements. `claim(statement, holds, measured)` prints what was
 measured and, on nano SDXL, fails if the statement does not hold: a failing lesson tells
@@ -21,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..loading import load_pipeline
-from ..nano import BASE_FILE, REFINER_FILE
+from ..loading import load_pipeline, load_variation_pipeline
+from ..nano import BASE_FILE, REFINER_FILE, REIMAGINE_FILE
 
 REFINER_HUB_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
 def model_source(kind: str = "base") -> str | None:
-    """The checkpoint a lesson runs: `SDXL_EDU_MODEL` (base) or `SDXL_EDU_REFINER`, else nano.
+    """The checkpoint a lesson runs: `SDXL_EDU_MODEL` (base), `SDXL_EDU_REFINER` or
+    `SDXL_EDU_VARIATIONS`, else nano's.
 
     >>> from unittest import mock  # the environment as a reader might set it, for this example only
     >>> with mock.patch.dict(os.environ, {"SDXL_EDU_MODEL": "", "SDXL_EDU_REFINER": ""}):
@@ -40,6 +42,8 @@ def model_source(kind: str = "base") -> str | None:
     """
     if kind == "base":
         return os.environ.get("SDXL_EDU_MODEL") or str(BASE_FILE)
+    if kind == "variations":  # a Stable unCLIP (SD 2.1's family), not chosen by the SDXL base
+        return os.environ.get("SDXL_EDU_VARIATIONS") or str(REIMAGINE_FILE)
     if os.environ.get("SDXL_EDU_REFINER"):
         return os.environ["SDXL_EDU_REFINER"]
     # a reader who switched the base to the released SDXL gets the released refiner with it
@@ -47,7 +51,8 @@ def model_source(kind: str = "base") -> str | None:
 
 
 def load(kind: str = "base", quiet: bool = False):
-    """Load the lesson's pipeline (`kind` "base" or "refiner") and say which model runs.
+    """Load the lesson's pipeline (`kind` "base", "refiner" or "variations") and say which
+    model runs.
 
     On a GPU the released weights run in float16 (the pipeline decodes in float32, see
     `Pipeline.decode`); on a CPU everything runs in float32.
@@ -59,10 +64,12 @@ def load(kind: str = "base", quiet: bool = False):
     """
     source = model_source(kind)
     cuda = torch.cuda.is_available()
-    pipe = load_pipeline(source, dtype=torch.float16 if cuda and not _is_nano_file(source) else torch.float32,
-                         device="cuda" if cuda else "cpu")
+    loader = load_variation_pipeline if kind == "variations" else load_pipeline
+    pipe = loader(source, dtype=torch.float16 if cuda and not _is_nano_file(source) else torch.float32,
+                  device="cuda" if cuda else "cpu")
     if not quiet:
-        name = f"nano SDXL {kind} (shipped with sdxl_edu)" if is_nano(pipe) else f"{source} ({kind})"
+        nano = "nano Reimagine" if kind == "variations" else f"nano SDXL {kind}"
+        name = f"{nano} (shipped with sdxl_edu)" if is_nano(pipe) else f"{source} ({kind})"
         params = sum(p.numel() for p in pipe.unet.parameters())
         print(f"Running {name}: UNet {params / 1e6:,.1f}M parameters, pictures {pipe.default_size} px, "
               f"{pipe.device}, {pipe.dtype}")
@@ -70,7 +77,7 @@ def load(kind: str = "base", quiet: bool = False):
 
 
 def _is_nano_file(source) -> bool:
-    return Path(str(source)).resolve() in (BASE_FILE.resolve(), REFINER_FILE.resolve())
+    return Path(str(source)).resolve() in (BASE_FILE.resolve(), REFINER_FILE.resolve(), REIMAGINE_FILE.resolve())
 
 
 def is_nano(pipe) -> bool:
@@ -109,42 +116,51 @@ def claim(statement: str, holds: bool, measured: str, pipe=None, always: bool = 
 
 
 def evaluator():
-    """nano's evaluator as a function: PIL pictures (any size, resized to 64 px) -> the
-    attributes it reads (`shape`, `colour`, `position`, `size` as words) and a degradation
-    estimate (0 = clean). It was trained on nano's shapes: on photographs it reads nonsense.
+    """nano's evaluator as a function: PIL pictures (nano's sizes; others are resized to 128 x
+    128) -> every object it reads in each (`objects`: shape, colour, position and size words
+    and a mask, largest first), the largest one's words (`shape`, `colour`, `position`,
+    `size`, None where nothing was read) and a degradation estimate (0 = clean). It was trained
+    on nano's scenes: on photographs it reads nonsense.
 
     >>> from PIL import Image
-    >>> seen = evaluator()([Image.new("RGB", (64, 64), "white")] * 2)
-    >>> sorted(seen), len(seen["shape"])
-    (['colour', 'degradation', 'position', 'shape', 'size'], 2)
+    >>> seen = evaluator()([Image.new("RGB", (128, 128), "white")] * 2)
+    >>> sorted(seen), seen["objects"], seen["shape"]  # a blank picture holds no object
+    (['colour', 'degradation', 'objects', 'position', 'shape', 'size'], [[], []], [None, None])
     """
     from PIL import Image
 
     from ..nano.classifiers import load_evaluator
-    from ..nano.data import ATTRIBUTES
-    from ..nano.metrics import read
+    from ..nano.metrics import to_tensor
+    from ..nano.scene_reading import read_objects
+    from ..nano.scenes import BUCKETS
 
     model = load_evaluator()
+    sizes = {(w, h) for h, w in BUCKETS}
 
     def judge(images) -> dict:
-        small = [im.convert("RGB").resize((64, 64), Image.BICUBIC) if im.size != (64, 64) else im for im in images]
-        seen = read(model, small)
-        words = {name: [values[i] for i in seen[name]] for name, values in ATTRIBUTES.items()}
-        return {**words, "degradation": seen["degradation"]}
+        pictures = [im.convert("RGB") if im.size in sizes else im.convert("RGB").resize((128, 128), Image.BICUBIC)
+                    for im in images]
+        objects = [read_objects(model, [im])[0] for im in pictures]  # one at a time: the sizes may differ
+        with torch.no_grad():
+            degradation = np.array([model(to_tensor([im]))["degradation"].item() for im in pictures])
+        words = {name: [getattr(found[0], name) if found else None for found in objects]
+                 for name in ("shape", "colour", "position", "size")}
+        return {"objects": objects, **words, "degradation": degradation}
 
     return judge
 
 
 def follows(seen: dict, wanted: list[tuple[str, str]]) -> float:
-    """The fraction of pictures that the evaluator (`seen`, from `evaluator()`) reads as the
-    (shape, colour) wanted for each: the lessons' prompt fidelity.
+    """The fraction of pictures in which the evaluator (`seen`, from `evaluator()`) reads an
+    object of the (shape, colour) wanted for each: the lessons' prompt fidelity.
 
-    >>> seen = {"shape": ["circle", "square"], "colour": ["red", "red"]}
+    >>> from types import SimpleNamespace as Obj
+    >>> seen = {"objects": [[Obj(shape="circle", colour="red")], [Obj(shape="square", colour="red")]]}
     >>> follows(seen, [("circle", "red"), ("circle", "red")])
     0.5
     """
-    return float(np.mean([s == ws and c == wc
-                          for s, c, (ws, wc) in zip(seen["shape"], seen["colour"], wanted, strict=True)]))
+    return float(np.mean([any(o.shape == shape and o.colour == colour for o in found)
+                          for found, (shape, colour) in zip(seen["objects"], wanted, strict=True)]))
 
 
 def fraction(values, target) -> float:

@@ -20,7 +20,7 @@ All samplers here share one signature (k-diffusion's, Crowson 2022):
 
 Written this way, the classic samplers turn out to be a few lines each, and close kin:
 
-    Euler (Karras et al. 2022, Algorithm 1 without churn):   x' = x0_hat + sigma' eps_hat
+    Euler (Karras et al. 2022, Algorithm 2, no churn):      x' = x0_hat + sigma' eps_hat
     DDIM, eta = 0 (Song et al. 2021):                        the same update: Euler on the ODE
     DDIM, eta > 0 / Euler ancestral / DDPM:                  go down to sigma_down < sigma', then
                                                              add fresh noise of size sigma_up
