@@ -114,4 +114,12 @@ sd21_latent_side = 96  # 768 px / 8
 sd15_busiest_level = 0  # 64 x 64 latents with attention: the most pixels, and self-attention's square
 sd15_transformer_blocks = 16  # 1 x (2 encoder + 3 decoder blocks) at each of 3 levels, and 1 in the middle
 
+# ----------------------------------------------------------------------------- 13 image variations
+
+unclip_h_y_width = 2048  # OpenCLIP ViT-H's 1024-wide embedding, and its noise level's 1024-wide embedding
+
+
+def noise_embedding(e, level, noise, alpha_bar):
+    return alpha_bar[level].sqrt() * e + (1 - alpha_bar[level]).sqrt() * noise  # lesson 2's q_sample, on a vector
+
 __all__ = [name for name in dir() if not name.startswith("_")]

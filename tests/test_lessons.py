@@ -39,7 +39,7 @@ def outputs(nb) -> str:
 
 
 def test_there_is_a_lesson_per_concept():
-    assert len(NOTEBOOKS) == 12
+    assert len(NOTEBOOKS) == 13
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
 
 
@@ -136,6 +136,8 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.native_latent_side(solutions.sd21_latent_side, "SD 2.1"),
         ex.busiest_level(solutions.sd15_busiest_level, "SD 1.5"),
         ex.transformer_blocks(solutions.sd15_transformer_blocks, SD15_UNET),
+        ex.unclip_y_width(solutions.unclip_h_y_width),
+        ex.embedding_noise_rule(solutions.noise_embedding),
     ]
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
 
@@ -171,6 +173,8 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.native_latent_side(768, "SD 2.1"),
         ex.busiest_level(3, "SD 1.5"),
         ex.transformer_blocks(12, SD15_UNET),
+        ex.unclip_y_width(1024),
+        ex.embedding_noise_rule(lambda e, level, noise, ab: ab[level] * e + (1 - ab[level]) * noise),
     ]
     assert not any(v.ok for v in verdicts)
     assert all(v.ok is False and len(v.why) > 20 for v in verdicts)
