@@ -122,4 +122,22 @@ unclip_h_y_width = 2048  # OpenCLIP ViT-H's 1024-wide embedding, and its noise l
 def noise_embedding(e, level, noise, alpha_bar):
     return alpha_bar[level].sqrt() * e + (1 - alpha_bar[level]).sqrt() * noise  # lesson 2's q_sample, on a vector
 
+
+# ----------------------------------------------------------------------------- 14 training the UNet
+
+def my_loss(unet, x0, t, noise, context, y, alphas_cumprod):
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)  # one per picture, broadcast over (C, H, W)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    return (unet(x_t, t, context, y) - noise).pow(2).mean()  # SDXL predicts the noise
+
+
+def my_dropout(context, pooled, keep):
+    keep = keep.float()
+    return context * keep[:, None, None], pooled * keep[:, None]  # zeros, not the empty prompt
+
+
+def v_loss_at_init(alphas_cumprod, variance=0.5):
+    # E[v^2] = alpha_bar E[eps^2] + (1 - alpha_bar) E[x0^2]: eps and x0 independent, the cross term vanishes
+    return float((alphas_cumprod + variance * (1 - alphas_cumprod)).mean())  # 0.687 on SDXL's schedule
+
 __all__ = [name for name in dir() if not name.startswith("_")]

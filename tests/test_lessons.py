@@ -39,7 +39,7 @@ def outputs(nb) -> str:
 
 
 def test_there_is_a_lesson_per_concept():
-    assert len(NOTEBOOKS) == 13
+    assert len(NOTEBOOKS) == 14
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
 
 
@@ -138,6 +138,9 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.transformer_blocks(solutions.sd15_transformer_blocks, SD15_UNET),
         ex.unclip_y_width(solutions.unclip_h_y_width),
         ex.embedding_noise_rule(solutions.noise_embedding),
+        ex.denoising_loss_rule(solutions.my_loss),
+        ex.caption_dropout_rule(solutions.my_dropout),
+        ex.v_loss_at_init(solutions.v_loss_at_init(sdxl.alphas_cumprod)),
     ]
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
 
@@ -175,6 +178,9 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.transformer_blocks(12, SD15_UNET),
         ex.unclip_y_width(1024),
         ex.embedding_noise_rule(lambda e, level, noise, ab: ab[level] * e + (1 - ab[level]) * noise),
+        ex.denoising_loss_rule(lambda unet, x0, t, noise, c, y, ab: (unet(x0 + noise, t, c, y) - noise).pow(2).mean()),
+        ex.caption_dropout_rule(lambda c, p, keep: (c * keep[:, None, None], p)),
+        ex.v_loss_at_init(1.0),
     ]
     assert not any(v.ok for v in verdicts)
     assert all(v.ok is False and len(v.why) > 20 for v in verdicts)

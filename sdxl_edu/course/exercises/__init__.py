@@ -10,8 +10,8 @@ answer. It returns a `Verdict`, which a notebook shows as one line:
 ✗ Not quite: with w = 0.0 your function gives eps_cond, but guidance moves past it: eps_uncond + w (eps_cond - eps_uncond).
 
 Lessons 1 to 11's checkers are in `sdxl.py` (SDXL's own parts), lesson 12's in `family.py` (the
-Stable Diffusion family), lesson 13's in `variations.py` (Stable unCLIP); `verdict.py` holds
-what they return. Solutions are in
+Stable Diffusion family), lesson 13's in `variations.py` (Stable unCLIP), lesson 14's in
+`training.py` (the training objective); `verdict.py` holds what they return. Solutions are in
 `lessons/solutions.py`.
 """
 
@@ -23,13 +23,15 @@ from .sdxl import (
     attention_scores_size, y_width, micro_ids_rule, handoff_steps, img2img_steps,
     similarity_trend, scaling_factor_rule, fp16_limit, stochastic_samplers,
     euler_loop_rule)
+from .training import caption_dropout_rule, denoising_loss_rule, v_loss_at_init
 from .variations import embedding_noise_rule, unclip_y_width
 from .verdict import NOT_YET, Verdict
 
 __all__ = [
-    "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "classifier_free_guidance_rule",
-    "clip_skip_index", "context_width", "embedding_noise_rule", "euler_loop_rule", "fp16_limit", "guidance_cost", "handoff_steps",
+    "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "caption_dropout_rule",
+    "classifier_free_guidance_rule", "clip_skip_index", "context_width", "denoising_loss_rule",
+    "embedding_noise_rule", "euler_loop_rule", "fp16_limit", "guidance_cost", "handoff_steps",
     "hidden_state_count", "img2img_steps", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
     "negative_formula", "q_sample_rule", "refiner_context_width", "scaling_factor_rule", "sigma_rule",
-    "similarity_trend", "stochastic_samplers", "terminal_signal", "transformer_blocks", "unclip_y_width", "unet_rows",
-    "y_width", "zeros_vs_empty"]
+    "similarity_trend", "stochastic_samplers", "terminal_signal", "transformer_blocks", "unclip_y_width",
+    "unet_rows", "v_loss_at_init", "y_width", "zeros_vs_empty"]
