@@ -8,13 +8,17 @@ score interval (Newcombe 1998, "Interval estimation for the difference between i
 proportions", method 10), built from the two Wilson intervals:
 
     d = p1 - p2,   d - sqrt((p1 - l1)^2 + (u2 - p2)^2)  ...  d + sqrt((u1 - p1)^2 + (p2 - l2)^2)
+
+Where the same pictures are measured twice (a loss before and after training, at the same t and
+noise), the pairs are compared instead: `paired_difference`, the mean of the differences with
+its normal-approximation interval, mean +- 1.96 sd / sqrt(n).
 """
 
 import math
 
 from ..nano.bench import rate
 
-__all__ = ["rate", "difference", "describe"]
+__all__ = ["rate", "difference", "paired_difference", "describe"]
 
 
 def difference(hits_a, hits_b) -> dict:
@@ -31,6 +35,20 @@ def difference(hits_a, hits_b) -> dict:
     low = d - math.sqrt((p1 - a["low"]) ** 2 + (b["high"] - p2) ** 2)
     high = d + math.sqrt((a["high"] - p1) ** 2 + (p2 - b["low"]) ** 2)
     return {"difference": round(d, 3), "low": round(low, 3), "high": round(high, 3)}
+
+
+def paired_difference(a, b) -> dict:
+    """The mean of a - b over paired measurements (the same pictures twice), with its 95%
+    interval. Pairing removes what the pictures share, so small effects show.
+
+    >>> paired_difference([1.0, 2.0, 3.0, 4.0], [0.9, 1.8, 2.9, 3.7])
+    {'difference': 0.175, 'low': 0.0812, 'high': 0.2688}
+    """
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    half = 1.96 * sd / math.sqrt(len(d))
+    return {"difference": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4)}
 
 
 def describe(hits) -> str:

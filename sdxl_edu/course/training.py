@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import UNetConfig
-from ..model.conditioning import micro_conditioning_ids, vector_y
+from ..model.conditioning import micro_conditioning_ids
 from ..nano.data import COLOURS, SHAPES
 from ..nano.scenes import BUCKETS, render_caption
 from ..sampling.schedule import NoiseSchedule
 
 __all__ = ["CAPTIONS", "SIDE", "TrainingSet", "training_set", "small_unet_config", "batch", "drop_captions",
-           "denoising_loss", "condition", "gaussian_denoiser_loss"]
+           "denoising_loss", "gaussian_denoiser_loss"]
 
 CAPTIONS = tuple(f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES)  # 5 colours x 3 shapes
 SIDE = BUCKETS[0][0]  # nano's square bucket, 128 px: 16 x 16 latents at f = 8
@@ -139,11 +139,6 @@ def denoising_loss(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     return F.mse_loss(unet(x_t, t, context, y), schedule.training_target(x0, t, noise))
 
 
-def condition(data: TrainingSet, context: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(context, y) for the UNet: y = [pooled | the size ids' embeddings], as in `vector_y`."""
-    return context, vector_y(pooled, data.ids)
-
-
 def gaussian_denoiser_loss(data: TrainingSet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                            schedule: NoiseSchedule) -> torch.Tensor:
     """Per picture, the loss of the best noise predictor that knows only each latent value's
@@ -152,9 +147,9 @@ def gaussian_denoiser_loss(data: TrainingSet, x0: torch.Tensor, t: torch.Tensor,
         eps_hat = b (x_t - a m) / (a^2 s^2 + b^2),   a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t),
 
     whose expected error per value is a^2 s^2 / (a^2 s^2 + b^2). A network that has learned
-    nothing about shapes and colours does no better; early in training a diffusion model
-    behaves close to this Gaussian one (Wang & Vastola 2023, "The hidden linear structure in
-    score-based models").
+    nothing about shapes and colours does no better; at high noise a trained diffusion model's
+    prediction is close to this Gaussian one (Wang & Vastola 2023, "The hidden linear structure
+    in score-based models and its application").
 
     >>> from sdxl_edu import load_pipeline  # nano SDXL
     >>> data = training_set(load_pipeline(), 8, 0)

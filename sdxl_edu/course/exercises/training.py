@@ -4,6 +4,7 @@ computed on the spot."""
 
 import torch
 
+from ...config import UNetConfig
 from ...model.unet import UNet
 from ...sampling.schedule import NoiseSchedule
 from ..training import denoising_loss, drop_captions
@@ -12,8 +13,6 @@ from .verdict import NOT_YET, Verdict, close
 
 def _random_unet(seed: int = 0) -> UNet:
     """A small UNet whose output layer is not zero, so that a wrong x_t shows in the loss."""
-    from ...config import UNetConfig
-
     torch.manual_seed(seed)
     unet = UNet(UNetConfig(channels=(32,), num_res_blocks=1, transformer_depth=(1,), transformer_depth_middle=1,
                            num_head_channels=32, context_dim=16, adm_in_channels=24)).eval()
