@@ -129,16 +129,8 @@ class AttentionCapture:
     # ------------------------------------------------------------------ reading the maps
 
     def token_positions(self, word: str, prompt_index: int = 0, tokenizer=None) -> list[int]:
-        """Positions (0..76) of `word`'s tokens in the prompt. Both SDXL tokenizers split text
-        the same way (they differ only in padding), so either gives the same positions."""
-        tokenizer = tokenizer or self.pipe.tokenizer_2
-        ids = tokenizer(self.prompts[prompt_index])["input_ids"]
-        word_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-        for start in range(len(ids) - len(word_ids) + 1):
-            if ids[start:start + len(word_ids)] == word_ids:
-                return list(range(start, start + len(word_ids)))
-        raise KeyError(f"{word!r} is not a word of the prompt {self.prompts[prompt_index]!r}; its tokens are "
-                       f"{tokenizer.convert_ids_to_tokens(ids)}")
+        """Positions (0..76) of `word`'s tokens in the captured prompt `prompt_index`."""
+        return token_positions(tokenizer or self.pipe.tokenizer_2, self.prompts[prompt_index], word)
 
     def cross_attention_map(self, word: str, image: int = 0, tokenizer=None) -> torch.Tensor:
         """The aggregated (H, W) heat map of `word` for image `image` of the batch."""
@@ -156,3 +148,20 @@ class AttentionCapture:
         """(H, W): `word`'s map at one step (needs per_step=True)."""
         positions = self.token_positions(word, image // self.images_per_prompt)
         return self.step_maps[image, step, positions].sum(0)
+
+
+def token_positions(tokenizer, prompt: str, word: str) -> list[int]:
+    """Positions (0..76) of `word`'s tokens in `prompt`. Both SDXL tokenizers split text the
+    same way (they differ only in padding), so either gives the same positions.
+
+    >>> from sdxl_edu import load_pipeline
+    >>> token_positions(load_pipeline().tokenizer_2, "a red circle", "circle")  # 0 is the start token
+    [3]
+    """
+    ids = tokenizer(prompt)["input_ids"]
+    word_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    for start in range(len(ids) - len(word_ids) + 1):
+        if ids[start:start + len(word_ids)] == word_ids:
+            return list(range(start, start + len(word_ids)))
+    raise KeyError(f"{word!r} is not a word of the prompt {prompt!r}; its tokens are "
+                   f"{tokenizer.convert_ids_to_tokens(ids)}")

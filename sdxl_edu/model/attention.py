@@ -12,10 +12,13 @@ There are two ways to compute it, and they give the same numbers:
 - the fused path, `torch.nn.functional.scaled_dot_product_attention`, which never stores
   the (tokens x tokens) probability matrix; it is the default and the fast one;
 - the explicit path, which materialises `softmax(Q K^T / sqrt(d))` so that a *probe* can
-  look at it. It runs only in layers that have a probe attached.
+  look at it or an *edit* can change it. It runs only in layers that have one attached.
 
 A probe is any callable `probe(module, probs)` with `probs` of shape
 (batch, heads, query tokens, key tokens); `sdxl_edu.inspection.capture` builds the useful ones.
+An edit is a callable `edit(module, probs) -> probs` whose result the layer uses instead
+(`sdxl_edu.editing.prompt_to_prompt` injects and re-weights maps so); a probe in the same
+layer sees the edited maps, the ones that were used.
 
 Upstream, at pinned commits: `CrossAttention`
 (https://github.com/Stability-AI/generative-models/blob/0ad7de9a5cb53fd63d6d30a4f385485e72e08597/sgm/modules/attention.py#L255).
@@ -30,6 +33,9 @@ Upstream, at pinned commits: `CrossAttention`
 (True, torch.Size([1, 2, 5, 3]))
 >>> torch.allclose(seen[0].sum(-1), torch.ones(1, 2, 5))
 True
+>>> attn.probe, attn.edit = None, lambda module, probs: torch.zeros_like(probs)  # attend to nothing
+>>> attn(x, context).abs().max() == attn.to_out[0].bias.abs().max()  # only the output bias is left
+tensor(True)
 """
 
 from collections.abc import Callable
@@ -39,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Probe = Callable[["Attention", torch.Tensor], None]
+Edit = Callable[["Attention", torch.Tensor], torch.Tensor]
 
 
 class Attention(nn.Module):
@@ -59,16 +66,20 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim))
         self.probe: Probe | None = None
+        self.edit: Edit | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = (self._split_heads(proj(t)) for proj, t in
                    ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        if self.probe is None:
+        if self.probe is None and self.edit is None:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             probs = attention_probs(q, k)
-            self.probe(self, probs)
+            if self.edit is not None:
+                probs = self.edit(self, probs)
+            if self.probe is not None:
+                self.probe(self, probs)
             out = probs @ v
         return self.to_out(self._merge_heads(out))
 
