@@ -11,10 +11,12 @@ answer. It returns a `Verdict`, which a notebook shows as one line:
 
 Lessons 1 to 11's checkers are in `sdxl.py` (SDXL's own parts), lesson 12's in `family.py` (the
 Stable Diffusion family), lesson 13's in `variations.py` (Stable unCLIP), lesson 14's in
-`training.py` (the training objective); `verdict.py` holds what they return. Solutions are in
+`training.py` (the training objective), lesson 15's in `composition.py` (attention control);
+`verdict.py` holds what they return. Solutions are in
 `lessons/solutions.py`.
 """
 
+from .composition import injection_rule, pooled_path, reweight_rule
 from .family import busiest_level, context_width, native_latent_side
 from .sdxl import (
     unet_rows, latent_shape_rule, refiner_context_width, q_sample_rule, sigma_rule,
@@ -31,7 +33,7 @@ __all__ = [
     "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "caption_dropout_rule",
     "classifier_free_guidance_rule", "clip_skip_index", "context_width", "denoising_loss_rule",
     "embedding_noise_rule", "euler_loop_rule", "fp16_limit", "guidance_cost", "handoff_steps",
-    "hidden_state_count", "img2img_steps", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
-    "negative_formula", "q_sample_rule", "refiner_context_width", "scaling_factor_rule", "sigma_rule",
+    "hidden_state_count", "img2img_steps", "injection_rule", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
+    "negative_formula", "pooled_path", "q_sample_rule", "refiner_context_width", "reweight_rule", "scaling_factor_rule", "sigma_rule",
     "similarity_trend", "stochastic_samplers", "terminal_signal", "transformer_blocks", "unclip_y_width",
     "unet_rows", "v_loss_at_init", "y_width", "zeros_vs_empty"]
