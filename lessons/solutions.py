@@ -140,4 +140,20 @@ def v_loss_at_init(alphas_cumprod, variance=0.5):
     # E[v^2] = alpha_bar E[eps^2] + (1 - alpha_bar) E[x0^2]: eps and x0 independent, the cross term vanishes
     return float((alphas_cumprod + variance * (1 - alphas_cumprod)).mean())  # 0.687 on SDXL's schedule
 
+# ----------------------------------------------------------------------------- 15 composition and attention control
+
+def inject(source, target, step, cross_steps):
+    return source if step < cross_steps else target  # the source's layout first, the edit's own maps after
+
+
+def reweight(maps, positions, c):
+    maps = maps.clone()
+    maps[..., positions] *= c  # after the softmax, not renormalised
+    return maps
+
+
+def reach(j):
+    return range(j, 77)  # causal encoders: the word and every later position, the padding included
+
+
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -39,7 +39,7 @@ def outputs(nb) -> str:
 
 
 def test_there_is_a_lesson_per_concept():
-    assert len(NOTEBOOKS) == 14
+    assert len(NOTEBOOKS) == 15
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
 
 
@@ -141,6 +141,9 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.denoising_loss_rule(solutions.my_loss),
         ex.caption_dropout_rule(solutions.my_dropout),
         ex.v_loss_at_init(solutions.v_loss_at_init(sdxl.alphas_cumprod)),
+        ex.injection_rule(solutions.inject),
+        ex.reweight_rule(solutions.reweight),
+        ex.causal_reach(solutions.reach, nano),
     ]
     assert all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]
 
@@ -181,6 +184,9 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.denoising_loss_rule(lambda unet, x0, t, noise, c, y, ab: (unet(x0 + noise, t, c, y) - noise).pow(2).mean()),
         ex.caption_dropout_rule(lambda c, p, keep: (c * keep[:, None, None], p)),
         ex.v_loss_at_init(1.0),
+        ex.injection_rule(lambda s, t, step, n: t if step < n else s),
+        ex.reweight_rule(lambda maps, positions, c: maps * c),
+        ex.causal_reach(lambda j: [j], nano),
     ]
     assert not any(v.ok for v in verdicts)
     assert all(v.ok is False and len(v.why) > 20 for v in verdicts)

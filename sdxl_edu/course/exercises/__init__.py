@@ -16,7 +16,7 @@ Stable Diffusion family), lesson 13's in `variations.py` (Stable unCLIP), lesson
 `lessons/solutions.py`.
 """
 
-from .composition import injection_rule, pooled_path, reweight_rule
+from .composition import causal_reach, injection_rule, reweight_rule
 from .family import busiest_level, context_width, native_latent_side
 from .sdxl import (
     unet_rows, latent_shape_rule, refiner_context_width, q_sample_rule, sigma_rule,
@@ -30,10 +30,10 @@ from .variations import embedding_noise_rule, unclip_y_width
 from .verdict import NOT_YET, Verdict
 
 __all__ = [
-    "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "caption_dropout_rule",
+    "NOT_YET", "Verdict", "attention_scores_size", "busiest_level", "caption_dropout_rule", "causal_reach",
     "classifier_free_guidance_rule", "clip_skip_index", "context_width", "denoising_loss_rule",
     "embedding_noise_rule", "euler_loop_rule", "fp16_limit", "guidance_cost", "handoff_steps",
     "hidden_state_count", "img2img_steps", "injection_rule", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
-    "negative_formula", "pooled_path", "q_sample_rule", "refiner_context_width", "reweight_rule", "scaling_factor_rule", "sigma_rule",
+    "negative_formula", "q_sample_rule", "refiner_context_width", "reweight_rule", "scaling_factor_rule", "sigma_rule",
     "similarity_trend", "stochastic_samplers", "terminal_signal", "transformer_blocks", "unclip_y_width",
     "unet_rows", "v_loss_at_init", "y_width", "zeros_vs_empty"]

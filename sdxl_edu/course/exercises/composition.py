@@ -76,18 +76,29 @@ def reweight_rule(fn) -> Verdict:
     return Verdict(True, "the chosen word's column scaled by c, every other column untouched.")
 
 
-def pooled_path(answer) -> Verdict:
-    """Which of SDXL's inputs carries the edited prompt to every pixel, whatever maps are
-    injected? (One or two words.)
+def causal_reach(fn, pipe) -> Verdict:
+    """`fn(j)` should give the positions (0..76) of the context whose vectors change when the
+    prompt's token at position j changes; checked by changing one word on the spot and seeing
+    which rows of `pipe.encode_prompt`'s context move.
 
-    >>> pooled_path("the pooled embedding").ok, pooled_path("self-attention").ok
+    >>> from sdxl_edu import load_pipeline
+    >>> pipe = load_pipeline()
+    >>> causal_reach(lambda j: range(j, 77), pipe).ok, causal_reach(lambda j: [j], pipe).ok
     (True, False)
     """
-    if answer is None:
+    if fn is None:
         return NOT_YET
-    text = str(answer).lower()
-    if "pool" in text:
-        return Verdict(True, "the pooled text embedding, which enters y beside the sizes and is added to the time "
-                             "embedding of every ResBlock: no attention map decides where it acts.")
-    return Verdict(False, "injection replaces every attention map, cross and self, so the path you want is one "
-                          "without a map: look at what `y` holds (lesson 7) and where it enters the UNet.")
+    a, b = "a red circle and a blue square", "a red triangle and a blue square"
+    for j, (x, y) in ((3, (a, b)), (2, (a, a.replace("red", "green")))):
+        got = fn(j)
+        if got is None:
+            return NOT_YET
+        context = [pipe.encode_prompt(p, do_classifier_free_guidance=False).context[0] for p in (x, y)]
+        truth = sorted(int(i) for i in torch.nonzero((context[0] - context[1]).abs().amax(-1) > 1e-5).flatten())
+        got = sorted(int(i) for i in got)
+        if got != truth:
+            return Verdict(False, f"changing token {j} moved the context at positions {truth[0]}..{truth[-1]} "
+                                  f"({len(truth)} of them), not {got[:6]}{'...' if len(got) > 6 else ''}. Both "
+                                  "text encoders are causal transformers: position i reads positions 0..i.")
+    return Verdict(True, "the word and every position after it, the padding included: in a causal encoder a word's "
+                         "meaning spreads to every later token, so a word's own column is not the only way in.")
