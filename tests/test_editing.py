@@ -84,6 +84,8 @@ def test_errors(pipe):
         prompt_to_prompt(pipe, ["a red circle", "a blue square"], ["a red square"], seed=0, **KW)
     with pytest.raises(ValueError, match="pass seed="):
         prompt_to_prompt(pipe, "a red circle", "a red square", seed=0, latents=torch.zeros(2, 4, 8, 8), **KW)
+    with pytest.raises(ValueError, match="image= is not supported"):
+        prompt_to_prompt(pipe, "a red circle", "a red square", seed=0, image=torch.zeros(1, 3, 64, 64), **KW)
     with pytest.raises(ValueError, match="different token positions"):
         prompt_to_prompt(pipe, ["a red circle", "a circle"], ["a red square", "a square"], seed=0,
                          reweight={"square": 2.0}, **KW)

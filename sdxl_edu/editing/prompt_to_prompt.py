@@ -103,8 +103,11 @@ def prompt_to_prompt(pipe, source: str | list[str], target: str | list[str], *, 
     num_images_per_prompt=images)` draws, so the source pictures are the plain pipeline's.
     `cross_replace` and `self_replace` are the fractions of the steps whose cross- and
     self-attention maps are injected (0 and 0 give the targets as the plain pipeline draws
-    them from the same noise); `reweight` maps words of the target prompts to their factor c.
-    Other keyword arguments go to the pipeline.
+    them from the same noise); `reweight` maps words of the target prompts to their factor c,
+    applied to the injected maps, so during the first `cross_replace` of the steps only (as in
+    Hertz et al.'s code; with cross_replace=0 it does nothing). Other keyword arguments go to
+    the text-to-image pipeline (not `image`, `denoising_start` or `num_images_per_prompt`: the
+    steps are counted from pure noise, and `images` sets the pictures per prompt).
 
     >>> from sdxl_edu import load_pipeline
     >>> pipe = load_pipeline()
@@ -129,6 +132,10 @@ def prompt_to_prompt(pipe, source: str | list[str], target: str | list[str], *, 
                              f"{lengths[1]} (with the start and end tokens); use prompts whose tokens align one to one")
     if "latents" in kwargs:
         raise ValueError("prompt_to_prompt draws its noise from `seed`; pass seed=, not latents=")
+    for name in ("image", "mask_image", "denoising_start", "num_images_per_prompt"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"prompt_to_prompt runs text-to-image from pure noise and counts its steps from there; "
+                             f"{name}= is not supported (for several pictures per prompt pass images=)")
     size = (kwargs.get("height") or pipe.default_size, kwargs.get("width") or pipe.default_size)
     latent_size = [s // pipe.vae_scale_factor for s in size]
     pairs = len(sources) * images

@@ -95,7 +95,7 @@ def causal_reach(fn, pipe) -> Verdict:
             return NOT_YET
         context = [pipe.encode_prompt(p, do_classifier_free_guidance=False).context[0] for p in (x, y)]
         truth = sorted(int(i) for i in torch.nonzero((context[0] - context[1]).abs().amax(-1) > 1e-5).flatten())
-        got = sorted(int(i) for i in got)
+        got = sorted(int(i) for i in ([got] if isinstance(got, int) else got))
         if got != truth:
             return Verdict(False, f"changing token {j} moved the context at positions {truth[0]}..{truth[-1]} "
                                   f"({len(truth)} of them), not {got[:6]}{'...' if len(got) > 6 else ''}. Both "
