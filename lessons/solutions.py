@@ -30,8 +30,8 @@ def sigma_from_alpha_bar(alpha_bar):
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
-# sqrt(alpha_bar_999) on SDXL's schedule (0 on a zero-terminal-SNR schedule)
-terminal_signal = 0.068
+# sqrt(alpha_bar_951) on SDXL's schedule: where its 20 leading steps start
+signal_at_first_step = 0.090
 
 # ----------------------------------------------------------------------------- 03 guidance
 

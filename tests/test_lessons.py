@@ -113,7 +113,7 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.refiner_context_width(solutions.refiner_context_width),
         ex.q_sample_rule(solutions.q_sample, sdxl),
         ex.sigma_rule(solutions.sigma_from_alpha_bar, sdxl),
-        ex.terminal_signal(solutions.terminal_signal, sdxl),
+        ex.terminal_signal(solutions.signal_at_first_step, sdxl, t=951),
         ex.classifier_free_guidance_rule(solutions.cfg),
         ex.guidance_cost(solutions.guidance_cost, 1.9),
         ex.negative_formula(solutions.negative_formula),
@@ -156,7 +156,7 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.refiner_context_width(SDXL_BASE.context_dim),
         ex.q_sample_rule(lambda x0, t, noise, ab: ab[t] * x0 + (1 - ab[t]) * noise, sdxl),
         ex.sigma_rule(lambda ab: (1 - ab).sqrt(), sdxl),
-        ex.terminal_signal(0.0, sdxl),
+        ex.terminal_signal(0.068, sdxl, t=951),  # the answer at t = 999
         ex.classifier_free_guidance_rule(lambda u, c, w: c),
         ex.guidance_cost(4, 1.9),
         ex.negative_formula("conditional"),

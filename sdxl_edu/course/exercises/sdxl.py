@@ -111,19 +111,23 @@ def sigma_rule(fn, schedule) -> Verdict:
     return Verdict(False, "divide x_t by sqrt(alpha_bar_t): the noise that is left has standard deviation sigma.")
 
 
-def terminal_signal(answer, schedule) -> Verdict:
-    """The fraction of x0 left in x_999 (sqrt(alpha_bar) at the last timestep), to 2 digits.
+def terminal_signal(answer, schedule, t: int = 999) -> Verdict:
+    """The fraction of x0 left in x_t (sqrt(alpha_bar_t)), to 2 digits; by default at the last
+    timestep, t = 999.
 
     >>> from sdxl_edu.sampling.schedule import NoiseSchedule
     >>> terminal_signal(0.07, NoiseSchedule()).ok  # SDXL's schedule
     True
+    >>> terminal_signal(0.07, NoiseSchedule(), t=951).ok  # where SDXL's 20 leading steps start
+    False
     """
     if answer is None:
         return NOT_YET
-    truth = float(schedule.alphas_cumprod[-1].sqrt())
+    truth = float(schedule.alphas_cumprod[t].sqrt())
     if abs(answer - truth) < 0.005:
-        return Verdict(True, f"sqrt(alpha_bar_999) = {truth:.4f}: the last step is not pure noise.")
-    return Verdict(False, f"it is {truth:.4f}: x_999 = sqrt(alpha_bar_999) x0 + sqrt(1 - alpha_bar_999) eps.")
+        return Verdict(True, f"sqrt(alpha_bar_{t}) = {truth:.4f}: x_{t} still holds that much of the picture.")
+    return Verdict(False, f"it is {truth:.4f}: x_{t} = sqrt(alpha_bar_{t}) x0 + sqrt(1 - alpha_bar_{t}) eps, and "
+                          "alpha_bar is the product of (1 - beta) up to t.")
 
 
 # ----------------------------------------------------------------------------- 03 guidance
