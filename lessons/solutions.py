@@ -71,7 +71,7 @@ def attention_entries(h, w, tokens):
 
 # ----------------------------------------------------------------------------- 07 size and crop
 
-y_width = 2816  # pooled 1280 + 6 sizes x 256 features
+y_width = 2560  # the refiner's: pooled 1280 + 5 numbers (sizes, crop, aesthetic score) x 256 features
 
 
 def micro_ids(original_size, crop_top_left, target_size):

@@ -13,7 +13,7 @@ import torch
 
 from sdxl_edu.course import exercises as ex
 from sdxl_edu.course import lesson
-from sdxl_edu.config import SD15_UNET, SDXL_BASE
+from sdxl_edu.config import SD15_UNET, SDXL_BASE, SDXL_REFINER
 from sdxl_edu.course.figures import execute, lesson_notebooks
 from sdxl_edu.sampling.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 from sdxl_edu.testing import save_toy_checkpoint
@@ -122,7 +122,7 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.hidden_state_count(solutions.hidden_state_count(nano), nano),
         ex.transformer_blocks(solutions.transformer_blocks, SDXL_BASE),
         ex.attention_scores_size(solutions.attention_entries),
-        ex.y_width(solutions.y_width, SDXL_BASE),
+        ex.y_width(solutions.y_width, SDXL_REFINER),
         ex.micro_ids_rule(solutions.micro_ids),
         ex.handoff_steps(solutions.handoff_steps, nano),
         ex.img2img_steps(solutions.refiner_img2img_steps, strength=0.3, steps=50),

@@ -275,18 +275,22 @@ def attention_scores_size(fn) -> Verdict:
 # ----------------------------------------------------------------------------- 07 size and crop
 
 def y_width(answer, config) -> Verdict:
-    """The width of y for a base UNet: pooled + 6 scalars x 256 Fourier features.
+    """The width of y: the pooled embedding (1280, bigG's) and the micro-conditioning numbers,
+    each as 256 Fourier features: 6 for the base (sizes, crop, target), 5 for the refiner
+    (sizes, crop, aesthetic score).
 
-    >>> from sdxl_edu.config import SDXL_REFINER
-    >>> y_width(2560, SDXL_REFINER).ok  # the refiner: pooled + 5 x 256
-    True
+    >>> from sdxl_edu.config import SDXL_BASE, SDXL_REFINER
+    >>> y_width(2560, SDXL_REFINER).ok, y_width(2816, SDXL_REFINER).ok  # the refiner: pooled + 5 x 256
+    (True, False)
     """
     if answer is None:
         return NOT_YET
+    numbers = (config.adm_in_channels - 1280) // 256
     if answer == config.adm_in_channels:
-        return Verdict(True, f"{answer} = pooled + 6 x 256 (original h, w; crop top, left; target h, w).")
-    return Verdict(False, f"the UNet expects {config.adm_in_channels}: count the pooled width and 6 sizes, "
-                          "each as 256 sinusoidal features.")
+        return Verdict(True, f"{answer} = pooled 1280 + {numbers} x 256: each micro-conditioning number becomes 256 "
+                             "sinusoidal features.")
+    return Verdict(False, f"the UNet expects {config.adm_in_channels}: count the pooled width and the "
+                          "micro-conditioning numbers this model reads, each as 256 sinusoidal features.")
 
 
 def micro_ids_rule(fn) -> Verdict:
