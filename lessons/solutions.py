@@ -116,7 +116,7 @@ sd15_transformer_blocks = 16  # 1 x (2 encoder + 3 decoder blocks) at each of 3 
 
 # ----------------------------------------------------------------------------- 13 image variations
 
-unclip_h_y_width = 2048  # OpenCLIP ViT-H's 1024-wide embedding, and its noise level's 1024-wide embedding
+unclip_l_y_width = 1536  # CLIP ViT-L's 768-wide image embedding, and its noise level's 768-wide embedding
 
 
 def noise_embedding(e, level, noise, alpha_bar):

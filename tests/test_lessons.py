@@ -136,7 +136,7 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.native_latent_side(solutions.sd21_latent_side, "SD 2.1"),
         ex.busiest_level(solutions.sd15_busiest_level, "SD 1.5"),
         ex.transformer_blocks(solutions.sd15_transformer_blocks, SD15_UNET),
-        ex.unclip_y_width(solutions.unclip_h_y_width),
+        ex.unclip_y_width(solutions.unclip_l_y_width, 768),
         ex.embedding_noise_rule(solutions.noise_embedding),
         ex.denoising_loss_rule(solutions.my_loss),
         ex.caption_dropout_rule(solutions.my_dropout),
@@ -179,7 +179,7 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.native_latent_side(768, "SD 2.1"),
         ex.busiest_level(3, "SD 1.5"),
         ex.transformer_blocks(12, SD15_UNET),
-        ex.unclip_y_width(1024),
+        ex.unclip_y_width(2048, 768),  # the H model's
         ex.embedding_noise_rule(lambda e, level, noise, ab: ab[level] * e + (1 - ab[level]) * noise),
         ex.denoising_loss_rule(lambda unet, x0, t, noise, c, y, ab: (unet(x0 + noise, t, c, y) - noise).pow(2).mean()),
         ex.caption_dropout_rule(lambda c, p, keep: (c * keep[:, None, None], p)),
