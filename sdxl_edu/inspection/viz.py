@@ -122,3 +122,20 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int, sc
         ImageDraw.Draw(tile).text((2, h + 2), label, fill="black")
         tiles.append(tile)
     return grid(tiles, columns)
+
+
+def x0_steps(preview, runs: dict, shown: list[int], size: int = 96) -> Image.Image:
+    """One row per run (a pipeline output made with `record=True`): the sampler's guess of the
+    clean latent, x0, at the steps `shown`, through `preview` (a latent -> RGB map such as
+    `pipe.latent_preview`), each labelled with its run's name and timestep. Where two rows part
+    is where their pictures were decided.
+
+    >>> from types import SimpleNamespace as Run
+    >>> step = Run(x0=torch.zeros(1, 4, 8, 8), t=torch.tensor(999.0))
+    >>> preview = LatentRGB(torch.eye(3, 4), torch.zeros(3))
+    >>> x0_steps(preview, {"a": Run(steps=[step] * 3), "b": Run(steps=[step] * 3)}, [0, 2], size=32).size
+    (128, 160)
+    """
+    pictures = [to_pil(preview(run.steps[i].x0))[0].resize((size, size)) for run in runs.values() for i in shown]
+    labels = [f"{name} t={int(run.steps[i].t)}" for name, run in runs.items() for i in shown]
+    return labelled_grid(pictures, labels, columns=len(shown))

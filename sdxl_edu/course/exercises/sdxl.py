@@ -279,7 +279,7 @@ def y_width(answer, config) -> Verdict:
     each as 256 Fourier features: 6 for the base (sizes, crop, target), 5 for the refiner
     (sizes, crop, aesthetic score).
 
-    >>> from sdxl_edu.config import SDXL_BASE, SDXL_REFINER
+    >>> from sdxl_edu.config import SDXL_REFINER
     >>> y_width(2560, SDXL_REFINER).ok, y_width(2816, SDXL_REFINER).ok  # the refiner: pooled + 5 x 256
     (True, False)
     """
