@@ -98,7 +98,7 @@ fp16_limit = 65504
 
 # ----------------------------------------------------------------------------- 11 samplers
 
-stochastic_samplers = {"euler_ancestral", "ddpm"}
+ancestral_step = (1.0**2 / 2.0, 1.0 * (2.0**2 - 1.0**2) ** 0.5 / 2.0)  # (sigma_down, sigma_up) from 2 to 1
 
 
 def my_euler(denoise, x, plan):

@@ -401,24 +401,36 @@ def fp16_limit(answer) -> Verdict:
 
 # ----------------------------------------------------------------------------- 11 samplers
 
-def stochastic_samplers(answer) -> Verdict:
-    """Which samplers add fresh noise at each step? A set of names.
+def ancestral_step(answer, sigma: float = 2.0, sigma_next: float = 1.0) -> Verdict:
+    """`(sigma_down, sigma_up)` of the ancestral step from `sigma` to `sigma_next`: how far down
+    the deterministic part goes, and how much fresh noise comes back. The truth is computed from
+    DDPM's posterior q(x_prev | x_t, x0) (Ho et al. 2020, eq. 7) in alpha-bar terms, then moved to
+    the sigma view, not from the sampler's code.
 
-    >>> stochastic_samplers({"ddpm", "euler_ancestral"}).ok
+    >>> ancestral_step((0.5, 0.866)).ok
     True
+    >>> ancestral_step((1.0, 0.0)).ok  # that is Euler's step: no fresh noise
+    False
     """
-    from ...sampling.samplers import SAMPLERS
-
     if answer is None:
         return NOT_YET
-    truth = {"euler_ancestral", "ddpm"}
-    answer = set(answer)
-    if not answer <= set(SAMPLERS):
-        return Verdict(False, f"the samplers are {sorted(SAMPLERS)}.")
-    if answer == truth:
-        return Verdict(True, "Euler ancestral and DDPM draw new noise each step (DDIM does with eta > 0): "
-                             "more steps do not make them converge to one picture.")
-    return Verdict(False, "look for a call that draws noise inside the loop in sdxl_edu/sampling/samplers.py.")
+    a_t, a_prev = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)  # sigma^2 = (1 - abar) / abar
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)  # posterior variance, beta tilde
+    x_weight = (a_t / a_prev) * (1 - a_prev) / (1 - a_t)  # the posterior mean's weight on x_t, sigma view
+    truth = (x_weight * sigma, (variance / a_prev) ** 0.5)  # x_down = x0 + sigma_down eps: weight sigma_down/sigma
+    try:
+        down, up = (float(v) for v in answer)
+    except (TypeError, ValueError):
+        return Verdict(False, "answer with two numbers, (sigma_down, sigma_up).")
+    if abs(down - truth[0]) < 1e-2 and abs(up - truth[1]) < 1e-2:
+        return Verdict(True, f"({truth[0]:.3f}, {truth[1]:.3f}): down past sigma_next, then noise back up; "
+                             f"sigma_down^2 + sigma_up^2 = {truth[0] ** 2 + truth[1] ** 2:.3f} = sigma_next^2. "
+                             "These are the mean and variance of DDPM's posterior.")
+    if abs(down - sigma_next) < 1e-2 and abs(up) < 1e-2:
+        return Verdict(False, "that is Euler's deterministic step; the ancestral one goes further down and adds "
+                              "noise back.")
+    return Verdict(False, f"use sigma_down = sigma_next^2 / sigma and sigma_up = sigma_next sqrt(sigma^2 - "
+                          f"sigma_next^2) / sigma with sigma = {sigma}, sigma_next = {sigma_next}.")
 
 
 def euler_loop_rule(fn) -> Verdict:
