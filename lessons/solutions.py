@@ -90,11 +90,8 @@ img2img_steps = 12  # int(20 x 0.6)
 # ----------------------------------------------------------------------------- 10 the VAE
 
 
-def scaling_factor(latents):
-    return 1 / latents.std()
-
-
-fp16_limit = 65504
+unscaled_std = 1 / 0.13025  # the released VAE's latents before the factor: about 7.68
+latent_compression = 3 * 8 * 8 / 4  # 48 numbers of RGB per number of latent
 
 # ----------------------------------------------------------------------------- 11 samplers
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 
 from sdxl_edu.course import exercises as ex
 from sdxl_edu.course import lesson
-from sdxl_edu.config import SD15_UNET, SDXL_BASE, SDXL_REFINER
+from sdxl_edu.config import SD15_UNET, SDXL_BASE, SDXL_REFINER, SDXL_VAE
 from sdxl_edu.course.figures import execute, lesson_notebooks
 from sdxl_edu.sampling.schedule import SDXL_SCHEDULER_CONFIG, NoiseSchedule
 from sdxl_edu.testing import save_toy_checkpoint
@@ -128,8 +127,8 @@ def test_checkers_accept_the_solutions(solutions, nano):
         ex.img2img_steps(solutions.refiner_img2img_steps, strength=0.3, steps=50),
         ex.similarity_trend(solutions.similarity_trend, {0.2: 0.9, 0.6: 0.8, 1.0: 0.7}),
         ex.img2img_steps(solutions.img2img_steps, strength=0.6, steps=20),
-        ex.scaling_factor_rule(solutions.scaling_factor, nano.vae, torch.rand(2, 3, 64, 64) * 2 - 1),
-        ex.fp16_limit(solutions.fp16_limit),
+        ex.unscaled_std(solutions.unscaled_std, SDXL_VAE),
+        ex.latent_compression(solutions.latent_compression, SDXL_VAE),
         ex.ancestral_step(solutions.ancestral_step),
         ex.euler_loop_rule(solutions.my_euler),
         ex.context_width(solutions.sd21_context_width, "SD 2.1"),
@@ -171,8 +170,8 @@ def test_checkers_reject_wrong_answers_and_say_why(nano):
         ex.img2img_steps(50, strength=0.3, steps=50),
         ex.similarity_trend("rise", {0.2: 0.9, 0.6: 0.8, 1.0: 0.7}),
         ex.img2img_steps(8, strength=0.6, steps=20),
-        ex.scaling_factor_rule(lambda z: z.std(), nano.vae, torch.rand(2, 3, 64, 64) * 2 - 1),
-        ex.fp16_limit(3.4e38),
+        ex.unscaled_std(0.13025, SDXL_VAE),
+        ex.latent_compression(64, SDXL_VAE),
         ex.ancestral_step((1.0, 0.0)),
         ex.euler_loop_rule(lambda denoise, x, plan: x - plan.sigmas[0] * denoise(x, plan.sigmas[0], plan.timesteps[0])),
         ex.context_width(768, "SD 2.1"),

@@ -366,37 +366,43 @@ def similarity_trend(answer, similarities: dict) -> Verdict:
 
 # ----------------------------------------------------------------------------- 10 VAE
 
-def scaling_factor_rule(fn, vae, images) -> Verdict:
-    """`fn(latents) -> scaling factor` (SDXL's recipe: unit variance).
+def unscaled_std(answer, vae_config) -> Verdict:
+    """The standard deviation of the VAE's latents before the scaling factor: what the UNet would
+    be fed, against noise of standard deviation 1, if the factor were left out.
 
-    >>> import torch
-    >>> from sdxl_edu import load_pipeline
-    >>> scaling_factor_rule(lambda z: 1 / z.std(), load_pipeline().vae, torch.rand(2, 3, 64, 64) * 2 - 1).ok
-    True
-    """
-    if fn is None:
-        return NOT_YET
-    with torch.no_grad():
-        z = vae.encode(images).mean
-    truth = 1 / z.std().item()
-    got = float(fn(z))
-    if abs(got - truth) / truth < 1e-3:
-        return Verdict(True, f"1 / std = {truth:.4f}: scaled latents have unit variance, like the noise.")
-    return Verdict(False, f"got {got:.4f}; the factor makes the latents' standard deviation 1.")
-
-
-def fp16_limit(answer) -> Verdict:
-    """The largest finite float16 number.
-
-    >>> fp16_limit(65504).ok
+    >>> from sdxl_edu.config import SDXL_VAE
+    >>> unscaled_std(7.68, SDXL_VAE).ok
     True
     """
     if answer is None:
         return NOT_YET
-    truth = torch.finfo(torch.float16).max
-    if abs(float(answer) - truth) < 1:
-        return Verdict(True, f"{truth:.0f}: an activation above it becomes inf, and the next GroupNorm NaN.")
-    return Verdict(False, f"torch.finfo(torch.float16).max is {truth:.0f}.")
+    truth = 1 / vae_config.scaling_factor
+    if abs(float(answer) - truth) / truth < 0.01:
+        return Verdict(True, f"1 / {vae_config.scaling_factor} = {truth:.2f}: the factor was measured as 1 / std, so "
+                             "unscaled latents would be that many times louder than the noise, and every noise level "
+                             "of the schedule would mean a different signal-to-noise ratio than it was designed for.")
+    return Verdict(False, f"the factor is 1 / std of the training latents; invert {vae_config.scaling_factor}.")
+
+
+def latent_compression(answer, vae_config) -> Verdict:
+    """How many times fewer numbers the UNet handles than the picture has (RGB pixels over
+    latent values), from the VAE's downsampling factor f and its latent channels: 3 f^2 / c.
+
+    >>> from sdxl_edu.config import SDXL_VAE
+    >>> latent_compression(48, SDXL_VAE).ok
+    True
+    """
+    if answer is None:
+        return NOT_YET
+    f, c = vae_config.downsampling_factor, vae_config.z_channels
+    truth = 3 * f * f / c
+    if abs(float(answer) - truth) < 1e-6:
+        return Verdict(True, f"3 x {f} x {f} / {c} = {truth:.0f}: a {f}x{f} patch of RGB pixels becomes {c} numbers. "
+                             "That is why latent diffusion is affordable at 1024 px.")
+    if abs(float(answer) - f * f) < 1e-6:
+        return Verdict(False, f"{f * f} counts pixels per latent pixel; count numbers: 3 colour values per pixel, "
+                              f"{c} channels per latent pixel.")
+    return Verdict(False, f"count the numbers in one {f}x{f} patch of RGB pixels and in the latent pixel it becomes.")
 
 
 # ----------------------------------------------------------------------------- 11 samplers
