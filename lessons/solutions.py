@@ -44,18 +44,17 @@ guidance_cost = 2  # two predictions per step, in one batch of two
 
 # ----------------------------------------------------------------------------- 04 negative prompts
 
-negative_formula = "unconditional"
+negative_at_scale_one = False  # w = 1 leaves eps_cond alone; the negative branch cancels
 zeros_vs_empty = False  # "" still has a start and an end token, which the encoders turn into vectors
 
 # ----------------------------------------------------------------------------- 05 CLIP skip
 
 
-def layer_index(clip_skip):
-    return -((clip_skip or 0) + 2)
+clip_skip_layer_number = 30  # bigG: hidden states 0..32; the default reads 31, clip_skip=1 reads 30
 
 
-def hidden_state_count(pipe):
-    return pipe.text_encoder_2.config.num_hidden_layers + 1  # the embeddings, then one per layer
+def context_split(pipe):
+    return pipe.text_encoder.config.hidden_size  # the first encoder's numbers come first
 
 
 # ----------------------------------------------------------------------------- 06 attention

@@ -20,8 +20,8 @@ from .composition import causal_reach, injection_rule, reweight_rule
 from .family import busiest_level, context_width, native_latent_side
 from .sdxl import (
     unet_rows, latent_shape_rule, refiner_context_width, q_sample_rule, sigma_rule,
-    terminal_signal, classifier_free_guidance_rule, guidance_cost, negative_formula,
-    zeros_vs_empty, clip_skip_index, hidden_state_count, transformer_blocks,
+    terminal_signal, classifier_free_guidance_rule, guidance_cost, negative_at_scale_one,
+    zeros_vs_empty, clip_skip_layer_number, context_split, transformer_blocks,
     attention_scores_size, y_width, micro_ids_rule, handoff_steps, img2img_steps,
     similarity_trend, unscaled_std, latent_compression, ancestral_step,
     euler_loop_rule)
@@ -31,9 +31,9 @@ from .verdict import NOT_YET, Verdict
 
 __all__ = [
     "NOT_YET", "Verdict", "ancestral_step", "attention_scores_size", "busiest_level", "caption_dropout_rule", "causal_reach",
-    "classifier_free_guidance_rule", "clip_skip_index", "context_width", "denoising_loss_rule",
+    "classifier_free_guidance_rule", "clip_skip_layer_number", "context_split", "context_width", "denoising_loss_rule",
     "embedding_noise_rule", "euler_loop_rule", "guidance_cost", "handoff_steps",
-    "hidden_state_count", "img2img_steps", "injection_rule", "latent_compression", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
-    "negative_formula", "q_sample_rule", "refiner_context_width", "reweight_rule", "sigma_rule",
+    "img2img_steps", "injection_rule", "latent_compression", "latent_shape_rule", "micro_ids_rule", "native_latent_side",
+    "negative_at_scale_one", "q_sample_rule", "refiner_context_width", "reweight_rule", "sigma_rule",
     "similarity_trend", "terminal_signal", "transformer_blocks", "unclip_y_width", "unscaled_std",
     "unet_rows", "v_loss_at_init", "y_width", "zeros_vs_empty"]

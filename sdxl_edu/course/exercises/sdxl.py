@@ -166,19 +166,24 @@ def guidance_cost(answer, measured_ratio: float) -> Verdict:
 
 # ----------------------------------------------------------------------------- 04 negative prompts
 
-def negative_formula(answer) -> Verdict:
-    """Which prediction does a negative prompt replace: 'conditional' or 'unconditional'?
+def negative_at_scale_one(answer, pipe) -> Verdict:
+    """At guidance_scale = 1, does a negative prompt change the picture? (True / False.) The checker
+    generates the same picture with and without one and compares.
 
-    >>> negative_formula("unconditional").ok
+    >>> from sdxl_edu import load_pipeline
+    >>> negative_at_scale_one(False, load_pipeline()).ok
     True
     """
     if answer is None:
         return NOT_YET
-    if str(answer).lower().startswith("uncond"):
-        return Verdict(True, "eps = eps_neg + w (eps_cond - eps_neg): guidance now pushes away from the "
-                             "negative prompt instead of away from no prompt at all.")
-    return Verdict(False, "the prompt's own branch is untouched; the negative prompt takes the place of the "
-                          "empty prompt.")
+    kwargs = dict(seed=0, num_inference_steps=4, guidance_scale=1.0, output_type="latent", progress=False)
+    plain = pipe("a red circle", **kwargs).latents
+    negated = pipe("a red circle", negative_prompt="red", **kwargs).latents
+    truth = not torch.equal(plain, negated)
+    if bool(answer) == truth:
+        return Verdict(True, "no change: eps = eps_neg + 1 x (eps_cond - eps_neg) = eps_cond, so the negative branch "
+                             "cancels and is not even computed (diffusers skips guidance at any scale <= 1).")
+    return Verdict(False, "put w = 1 into eps = eps_neg + w (eps_cond - eps_neg): which branch is left?")
 
 
 def zeros_vs_empty(answer, pipe) -> Verdict:
@@ -200,38 +205,52 @@ def zeros_vs_empty(answer, pipe) -> Verdict:
 
 # ----------------------------------------------------------------------------- 05 CLIP skip
 
-def clip_skip_index(fn) -> Verdict:
-    """`fn(clip_skip) -> index into hidden_states` that SDXL reads (None: SDXL's default).
+def clip_skip_layer_number(answer, layers: int = 32, clip_skip: int | None = 1) -> Verdict:
+    """Which hidden state (0 = the token embeddings, then one per layer) does SDXL read from an
+    encoder of `layers` layers with `clip_skip`? Computed with the library's own rule.
 
-    >>> clip_skip_index(lambda k: -1).ok  # the last layer is not what SDXL reads
-    False
+    >>> clip_skip_layer_number(30).ok  # bigG's 32 layers, clip_skip=1
+    True
     """
     from ...model.text import clip_skip_layer
 
-    if fn is None:
-        return NOT_YET
-    for k in (None, 0, 1, 2, 3):
-        if fn(k) != clip_skip_layer(k):
-            return Verdict(False, f"for clip_skip={k} you read hidden_states[{fn(k)}], SDXL reads "
-                                  f"hidden_states[{clip_skip_layer(k)}]: the default is already the penultimate "
-                                  "layer, and clip_skip=k goes k layers further back.")
-    return Verdict(True, "hidden_states[-2] by default (the penultimate layer), hidden_states[-(k + 2)] with "
-                         "clip_skip=k.")
-
-
-def hidden_state_count(answer, pipe) -> Verdict:
-    """How many hidden states does the second text encoder return (embeddings included)?
-
-    >>> from sdxl_edu import load_pipeline
-    >>> hidden_state_count(5, load_pipeline()).ok  # nano's bigG-like encoder: 4 layers
-    True
-    """
     if answer is None:
         return NOT_YET
-    n = pipe.text_encoder_2.config.num_hidden_layers + 1
-    if answer == n:
-        return Verdict(True, f"{n}: the token embeddings, then one per transformer layer.")
-    return Verdict(False, f"it is {n}: the embeddings count as hidden_states[0].")
+    truth = layers + 1 + clip_skip_layer(clip_skip)  # hidden_states has layers + 1 entries
+    if answer == truth:
+        return Verdict(True, f"{truth}: {layers + 1} hidden states (the embeddings and {layers} layers); the default "
+                             f"reads the penultimate, number {layers - 1}, and clip_skip={clip_skip} goes "
+                             f"{clip_skip} further back.")
+    if answer == truth + 1:
+        return Verdict(False, "one too late: SDXL's default is already the penultimate layer, before clip skip.")
+    return Verdict(False, f"count {layers + 1} hidden states, numbered 0 to {layers}; the default reads the "
+                          "penultimate, and clip_skip=k goes k further back.")
+
+
+def context_split(answer, pipe) -> Verdict:
+    """At which position of each token's context vector do the second encoder's numbers start?
+    Measured: the context of a prompt is compared with the second encoder's penultimate layer.
+
+    >>> from sdxl_edu import load_pipeline
+    >>> context_split(64, load_pipeline()).ok  # nano: 64 from the first encoder, then 128
+    True
+    """
+    from ...model.text import text_hidden_states, tokenize
+
+    if answer is None:
+        return NOT_YET
+    context = pipe.encode_prompt("a red circle", do_classifier_free_guidance=False).context[0].float().cpu()
+    with torch.no_grad():
+        hidden, _ = text_hidden_states(pipe.text_encoder_2, tokenize(pipe.tokenizer_2, ["a red circle"]))
+    second = hidden[-2][0].float().cpu()
+    truth = context.shape[-1] - second.shape[-1]
+    if not close(context[:, truth:], second, 1e-4):
+        raise RuntimeError("the context's last columns are not the second encoder's penultimate layer")
+    if answer == truth:
+        return Verdict(True, f"{truth}: the first encoder's {truth} numbers come first, then the second's "
+                             f"{second.shape[-1]}, token by token ({context.shape[-1]} in all).")
+    return Verdict(False, "the first encoder (CLIP ViT-L's role) comes first in the concatenation; its width is "
+                          "where the second starts.")
 
 
 # ----------------------------------------------------------------------------- 06 attention
