@@ -1,8 +1,9 @@
 """What lesson 14 trains: SDXL's objective on nano's pictures, with a UNet small enough to learn
 something in a minute on a laptop CPU.
 
-SDXL is trained as Stable Diffusion is (Podell et al. 2023, section 2, "the same
-autoencoder ... the same training objective"; Rombach et al. 2022, eq. 2): noise a clean latent
+SDXL is trained as Stable Diffusion is: latent diffusion's conditional objective (Rombach et al.
+2022, eq. 3) on the latents of a retrained autoencoder of the same architecture, with the same
+discrete 1000-step schedule (Podell et al. 2023, sections 2.4 and 2.5). Noise a clean latent
 x0 to a random timestep t in one jump (lesson 2's `q_sample`) and regress the noise,
 
     L = E_{x0, c, eps ~ N(0, I), t ~ U{0, ..., 999}} || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t, c) ||^2,
