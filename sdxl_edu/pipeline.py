@@ -11,13 +11,16 @@
 diffusers' (`unet`, `vae`, `text_encoder_2`, `encode_prompt`, `guidance_scale`,
 `denoising_end`, ...) and so do its defaults and semantics, so results can be compared
 with diffusers' `StableDiffusionXLPipeline` / `StableDiffusionXLImg2ImgPipeline` number for
-number. One call covers what diffusers splits over several pipelines:
+number, and with `StableDiffusionXLInpaintPipeline` given the same `guidance_scale` and
+`strength` (its defaults are 7.5 and 0.9999). One call covers what diffusers splits over
+several pipelines:
 
 - text to image: `pipe(prompt)`;
 - image to image: `pipe(prompt, image=picture, strength=0.6)`: noise the picture's latents to
   the point `strength` of the way up the schedule and re-run that fraction of the steps;
 - inpainting: add `mask_image=` (white = repaint); after each step the known region is
-  replaced by the picture's latents noised to the same level;
+  replaced by the picture's latents noised to the same level; at `strength=1` sampling
+  starts from noise alone, as diffusers' `StableDiffusionXLInpaintPipeline` does;
 - the ensemble of experts: `base(..., denoising_end=0.8, output_type="latent")` stops at
   t = 200, `refiner(..., image=latents, denoising_start=0.8)` continues from there without
   adding noise; or the refiner as img2img on a finished image (`strength=0.3`).
@@ -221,7 +224,8 @@ class Pipeline:
         noise = latents if latents is not None else _randn((batch, self.unet_config.in_channels, *latent_size),
                                                            generator)
         noise = noise.to(self.device, torch.float32)
-        x = self._first_x(plan, noise, init_latents, denoising_start)
+        from_noise = mask_image is not None and strength == 1 and denoising_start is None
+        x = self._first_x(plan, noise, None if from_noise else init_latents, denoising_start)
         after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan)
         return self._sample(x, plan, context, y, guidance, prompts, sampler=sampler, generator=generator, eta=eta,
                             progress=progress, callback=callback, record=record, output_type=output_type,
@@ -263,9 +267,8 @@ class Pipeline:
         if denoising_start is not None:
             cutoff = int(round(T - denoising_start * T))
             plan = plan[int((plan.timesteps >= cutoff).sum()):]
-        elif img2img:
-            init = min(int(steps * strength), steps)
-            plan = plan[max(steps - init, 0):]
+        elif img2img and int(steps * strength) < steps:  # the whole plan keeps its init_noise_sigma
+            plan = plan[steps - int(steps * strength):]
         if denoising_end is not None:
             cutoff = int(round(T - denoising_end * T))
             plan = plan[:int((plan.timesteps >= cutoff).sum())]
@@ -277,8 +280,9 @@ class Pipeline:
     @staticmethod
     def _first_x(plan: Plan, noise: torch.Tensor, init_latents: torch.Tensor | None,
                  denoising_start: float | None) -> torch.Tensor:
-        """Where sampling starts: noise at the plan's first sigma; a picture's latents noised to
-        it (img2img); or, at the hand-off, the given latents as they are."""
+        """Where sampling starts: noise at the plan's first sigma (text to image, and inpainting at
+        strength 1, whose picture enters only through the blend: diffusers' `is_strength_max`); a
+        picture's latents noised to it (img2img); or, at the hand-off, the given latents as they are."""
         if init_latents is None:
             return noise * plan.init_noise_sigma
         if denoising_start is not None:

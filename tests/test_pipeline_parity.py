@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+                       StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
 from PIL import Image
 from tiny import DATA, TINY, parts, save, to_diffusers
 
@@ -133,6 +133,20 @@ def test_img2img(models):
         generator=torch.Generator().manual_seed(2), output_type="latent").images
     close(mine.latents, theirs)
 
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_inpainting(models, strength):
+    """At strength 1 both start from noise alone (the picture enters through the blend only);
+    below it, from the picture's latents noised to the first step's level."""
+    ours, components = models["base"]
+    mask = Image.fromarray(((torch.arange(64) < 40).float()[None, :].repeat(64, 1) * 255).to(torch.uint8).numpy())
+    kwargs = dict(image=picture(), mask_image=mask, strength=strength, num_inference_steps=10, guidance_scale=5.0)
+    mine = ours("a yellow circle", **kwargs, seed=2, output_type="latent", progress=False)
+    theirs = diffusers_pipe(components, StableDiffusionXLInpaintPipeline, requires_aesthetics_score=False)(
+        "a yellow circle", **kwargs, generator=torch.Generator().manual_seed(2), output_type="latent",
+        **SIZE).images  # its defaults are 7.5 and its UNet's sample size
+    close(mine.latents, theirs)
 
 def test_base_to_refiner_hand_off(models):
     (base, base_parts), (refiner, refiner_parts) = models["base"], models["refiner"]
