@@ -267,8 +267,8 @@ class Pipeline:
         if denoising_start is not None:
             cutoff = int(round(T - denoising_start * T))
             plan = plan[int((plan.timesteps >= cutoff).sum()):]
-        elif img2img and int(steps * strength) < steps:  # the whole plan keeps its init_noise_sigma
-            plan = plan[steps - int(steps * strength):]
+        elif img2img:
+            plan = plan[steps - min(int(steps * strength), steps):]
         if denoising_end is not None:
             cutoff = int(round(T - denoising_end * T))
             plan = plan[:int((plan.timesteps >= cutoff).sum())]

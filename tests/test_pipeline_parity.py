@@ -12,6 +12,7 @@ from tiny import DATA, TINY, parts, save, to_diffusers
 
 from sdxl_edu import load_pipeline
 from sdxl_edu.loading.diffusers import diffusers_unet_names, diffusers_vae_names
+from sdxl_edu.sampling.schedule import NoiseSchedule
 
 pytestmark = pytest.mark.slow  # runs whole generations beside diffusers' pipelines
 
@@ -134,19 +135,46 @@ def test_img2img(models):
     close(mine.latents, theirs)
 
 
+def left_mask():
+    """White (repaint) over the left 40 of 64 columns: a whole number of latent cells."""
+    return Image.fromarray(((torch.arange(64) < 40).float()[None, :].repeat(64, 1) * 255).to(torch.uint8).numpy())
+
 
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_inpainting(models, strength):
     """At strength 1 both start from noise alone (the picture enters through the blend only);
     below it, from the picture's latents noised to the first step's level."""
     ours, components = models["base"]
-    mask = Image.fromarray(((torch.arange(64) < 40).float()[None, :].repeat(64, 1) * 255).to(torch.uint8).numpy())
-    kwargs = dict(image=picture(), mask_image=mask, strength=strength, num_inference_steps=10, guidance_scale=5.0)
+    kwargs = dict(image=picture(), mask_image=left_mask(), strength=strength, num_inference_steps=10,
+                  guidance_scale=5.0)  # the inpainting pipeline's defaults are 7.5 and 0.9999
     mine = ours("a yellow circle", **kwargs, seed=2, output_type="latent", progress=False)
     theirs = diffusers_pipe(components, StableDiffusionXLInpaintPipeline, requires_aesthetics_score=False)(
         "a yellow circle", **kwargs, generator=torch.Generator().manual_seed(2), output_type="latent",
-        **SIZE).images  # its defaults are 7.5 and its UNet's sample size
+        **SIZE).images  # without a size it draws at its UNet's sample size, not the picture's
     close(mine.latents, theirs)
+
+
+def test_a_trailing_schedule_starts_at_its_own_sigma(models):
+    """With "trailing" spacing diffusers' Euler starts from sigma_max itself, not
+    sqrt(sigma_max^2 + 1), also when the run is cut short (denoising_end) or inpaints at
+    strength 1: the part of the plan that starts where the run does keeps its start."""
+    ours, components = models["base"]
+    released = ours.schedule
+    ours.schedule = NoiseSchedule.from_config({**RELEASED, "timestep_spacing": "trailing"})
+    common = dict(num_inference_steps=10, guidance_scale=5.0, output_type="latent")
+    runs = [(StableDiffusionXLPipeline, {}, dict(denoising_end=0.8), SIZE),
+            (StableDiffusionXLInpaintPipeline, dict(requires_aesthetics_score=False),
+             dict(image=picture(), mask_image=left_mask(), strength=1.0), {})]
+    try:
+        for cls, config, kwargs, size in runs:
+            mine = ours("a yellow circle", **kwargs, **common, **size, seed=2, progress=False)
+            theirs = diffusers_pipe(components, cls, **config)
+            theirs.scheduler = EulerDiscreteScheduler.from_config(RELEASED, timestep_spacing="trailing")
+            close(mine.latents, theirs("a yellow circle", **kwargs, **common, **SIZE,
+                                       generator=torch.Generator().manual_seed(2)).images)
+    finally:
+        ours.schedule = released
+
 
 def test_base_to_refiner_hand_off(models):
     (base, base_parts), (refiner, refiner_parts) = models["base"], models["refiner"]

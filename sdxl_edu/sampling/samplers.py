@@ -97,10 +97,12 @@ class Plan:
         return len(self.timesteps)
 
     def __getitem__(self, steps: slice) -> "Plan":
-        """A contiguous part of the run (img2img, the refiner hand-off)."""
+        """A contiguous part of the run (img2img, the refiner hand-off). A part that starts
+        where the run does keeps its starting noise (diffusers' `init_noise_sigma` does not
+        depend on `denoising_end`)."""
         start, stop, _ = steps.indices(len(self))
-        return Plan(self.timesteps[start:stop], self.sigmas[start:stop + 1],
-                    float((self.sigmas[start] ** 2 + 1) ** 0.5), self.space)
+        init = self.init_noise_sigma if start == 0 else float((self.sigmas[start] ** 2 + 1) ** 0.5)
+        return Plan(self.timesteps[start:stop], self.sigmas[start:stop + 1], init, self.space)
 
     def to_sigma_view(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents as stored between runs -> the sampler's x at this plan's first sigma."""
