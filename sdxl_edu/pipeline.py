@@ -226,7 +226,8 @@ class Pipeline:
         noise = noise.to(self.device, torch.float32)
         from_noise = mask_image is not None and strength == 1 and denoising_start is None
         x = self._first_x(plan, noise, None if from_noise else init_latents, denoising_start)
-        after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan)
+        after_step = None if mask_image is None else self._inpainting_blend(mask_image, init_latents, noise, plan,
+                                                                            to_the_end=denoising_end is None)
         return self._sample(x, plan, context, y, guidance, prompts, sampler=sampler, generator=generator, eta=eta,
                             progress=progress, callback=callback, record=record, output_type=output_type,
                             after_step=after_step)
@@ -328,14 +329,18 @@ class Pipeline:
             latents = latents.repeat(batch // latents.shape[0], 1, 1, 1)
         return latents
 
-    def _inpainting_blend(self, mask_image, init_latents, noise, plan: Plan):
-        """After step i, put back the known region at the noise level of step i + 1."""
+    def _inpainting_blend(self, mask_image, init_latents, noise, plan: Plan, to_the_end: bool):
+        """After step i, put back the known region at the noise level of step i + 1; after the
+        last step of a run to the end, the picture's latents as they are (as diffusers does:
+        DDIM's run ends at alpha_bar_0, a sigma of 0.029, not 0)."""
         mask = image_to_tensor(mask_image, channels=1, normalize=False)
         mask = torch.nn.functional.interpolate(mask, size=init_latents.shape[-2:]).to(self.device)
         mask = (mask >= 0.5).float()  # 1: repaint, 0: keep
 
         def blend(x, i):
             known = init_latents + plan.sigmas[i + 1] * noise
+            if to_the_end and i + 1 == len(plan):  # in the sigma view, whose latents are the picture's
+                known = init_latents * (plan.sigmas[-1] ** 2 + 1) ** 0.5 if plan.space == "vp" else init_latents
             return (1 - mask) * known + mask * x
 
         return blend

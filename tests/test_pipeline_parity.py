@@ -140,15 +140,16 @@ def left_mask():
     return Image.fromarray(((torch.arange(64) < 40).float()[None, :].repeat(64, 1) * 255).to(torch.uint8).numpy())
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.6])
-def test_inpainting(models, strength):
+@pytest.mark.parametrize("strength,sampler", [(1.0, "euler"), (0.6, "euler"), (0.6, "ddim")])
+def test_inpainting(models, strength, sampler):
     """At strength 1 both start from noise alone (the picture enters through the blend only);
-    below it, from the picture's latents noised to the first step's level."""
+    below it, from the picture's latents noised to the first step's level. The last step puts
+    the picture back as it is (DDIM ends at alpha_bar_0, not at sigma = 0)."""
     ours, components = models["base"]
     kwargs = dict(image=picture(), mask_image=left_mask(), strength=strength, num_inference_steps=10,
                   guidance_scale=5.0)  # the inpainting pipeline's defaults are 7.5 and 0.9999
-    mine = ours("a yellow circle", **kwargs, seed=2, output_type="latent", progress=False)
-    theirs = diffusers_pipe(components, StableDiffusionXLInpaintPipeline, requires_aesthetics_score=False)(
+    mine = ours("a yellow circle", **kwargs, sampler=sampler, seed=2, output_type="latent", progress=False)
+    theirs = diffusers_pipe(components, StableDiffusionXLInpaintPipeline, sampler, requires_aesthetics_score=False)(
         "a yellow circle", **kwargs, generator=torch.Generator().manual_seed(2), output_type="latent",
         **SIZE).images  # without a size it draws at its UNet's sample size, not the picture's
     close(mine.latents, theirs)
