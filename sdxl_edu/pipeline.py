@@ -339,8 +339,8 @@ class Pipeline:
 
         def blend(x, i):
             known = init_latents + plan.sigmas[i + 1] * noise
-            if to_the_end and i + 1 == len(plan):  # in the sigma view, whose latents are the picture's
-                known = init_latents * (plan.sigmas[-1] ** 2 + 1) ** 0.5 if plan.space == "vp" else init_latents
+            if to_the_end and i + 1 == len(plan):  # the picture's latents as they are, in the sigma view
+                known = plan.to_sigma_view(init_latents, -1)
             return (1 - mask) * known + mask * x
 
         return blend

@@ -75,6 +75,21 @@ def stage_data(run: Run, per_bucket: int = SAMPLES_PER_BUCKET) -> None:
                  framed=np.array([s.framed for s in scenes]))
 
 
+def autoencoder_loss(x: torch.Tensor, rec: torch.Tensor, q) -> torch.Tensor:
+    """The autoencoder's loss for pictures x, their reconstruction and the posterior q(z | x):
+    |rec - x| + |d rec - d x| (the edges: finite differences along height and width) +
+    1e-4 KL(q || N(0, 1)), every term a mean.
+
+    >>> from sdxl_edu.model.vae import DiagonalGaussian
+    >>> x = torch.zeros(1, 3, 4, 4)
+    >>> autoencoder_loss(x, x + 0.5, DiagonalGaussian(torch.zeros(1, 8, 1, 1)))  # |0.5|, flat edges, KL 0
+    tensor(0.5000)
+    """
+    edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
+    kl = 0.5 * (q.mean**2 + q.std**2 - 1 - q.logvar).mean()
+    return (rec - x).abs().mean() + edges + 1e-4 * kl
+
+
 def stage_vae(run: Run) -> AutoencoderKL:
     """Train the autoencoder and measure its scaling factor, 1 / std of the latents (SDXL's
     0.13025 was measured the same way on its data)."""
@@ -84,10 +99,7 @@ def stage_vae(run: Run) -> AutoencoderKL:
 
     def reconstruction_loss(x):
         q = vae.encode(x)
-        rec = vae.decode(q.sample())
-        edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
-        kl = 0.5 * (q.mean**2 + q.std**2 - 1 - q.logvar).mean()
-        return (rec - x).abs().mean() + edges + 1e-4 * kl
+        return autoencoder_loss(x, vae.decode(q.sample()), q)
 
     def on_crops(rng):  # cheap: a convolutional model learns from 64 x 64 crops (8 x 8 latents)
         b, idx = pick(rng, data, 16)

@@ -104,9 +104,15 @@ class Plan:
         init = self.init_noise_sigma if start == 0 else float((self.sigmas[start] ** 2 + 1) ** 0.5)
         return Plan(self.timesteps[start:stop], self.sigmas[start:stop + 1], init, self.space)
 
-    def to_sigma_view(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents as stored between runs -> the sampler's x at this plan's first sigma."""
-        return latents * (self.sigmas[0] ** 2 + 1) ** 0.5 if self.space == "vp" else latents
+    def to_sigma_view(self, latents: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """Latents as stored between runs -> the sampler's x at this plan's sigma i (the first
+        by default; -1, the last, is where `from_sigma_view` reads, and undoes this).
+
+        >>> plan = Plan(torch.tensor([999]), torch.tensor([2.0, 0.75]), 2.0, "vp")
+        >>> plan.to_sigma_view(torch.ones(1)), plan.from_sigma_view(plan.to_sigma_view(torch.ones(1), -1))
+        (tensor([2.2361]), tensor([1.]))
+        """
+        return latents * (self.sigmas[i] ** 2 + 1) ** 0.5 if self.space == "vp" else latents
 
     def from_sigma_view(self, x: torch.Tensor) -> torch.Tensor:
         """The sampler's x at this plan's last sigma -> latents as stored between runs."""

@@ -1,0 +1,107 @@
+# Can the autoencoder keep sharpness (the trace of a scene's original size) if it trains on?
+# The shipped autoencoder draws every edge equally soft: its round trips of small (blurred)
+# and large (sharp) originals have the same high-frequency energy, where the data differ 16x.
+# This fine-tunes encoder and decoder together from the shipped weights on fresh scenes (never
+# the benchmark's), in one of two ways:
+#   plain        the stage's own loss (L1 + edges + KL), the control: does more training do it?
+#   adversarial  the same plus a patch discriminator with a hinge loss and VQGAN's adaptive
+#                weight, as LDM's first stage (and so SDXL's autoencoder) was trained
+# and measures the round trip's sharpness on small and large originals, its PSNR and specks.
+# Usage, from the repository root: python training/nano2/probes/autoencoder_sharpness.py MODE STEPS
+import json, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from sdxl_edu.nano.batches import to_images
+from sdxl_edu.nano.bench import autoencoder_quality
+from sdxl_edu.nano.loop import Run
+from sdxl_edu.nano.metrics import high_frequency_energy
+from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.stages import autoencoder_loss, trained_vae
+
+mode, steps = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+torch.manual_seed(0)
+out = Path(f"runs/probes/autoencoder_{mode}")
+out.mkdir(parents=True, exist_ok=True)
+vae = trained_vae(Run(Path("training/nano2"), 0)).requires_grad_(True).train()
+
+
+def discriminator():  # VQGAN's N-layer patch discriminator, narrowed: one logit per ~34 px patch
+    def block(i, o, stride):
+        return [nn.Conv2d(i, o, 4, stride, 1), nn.GroupNorm(8, o), nn.LeakyReLU(0.2)]
+    return nn.Sequential(nn.Conv2d(3, 32, 4, 2, 1), nn.LeakyReLU(0.2), *block(32, 64, 2), *block(64, 128, 1),
+                         nn.Conv2d(128, 1, 4, 1, 1))
+
+
+def pictures(x):
+    return [Image.fromarray(((a.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+            for a in x]
+
+
+@torch.no_grad()
+def measure(step):
+    vae.eval()
+    rng = np.random.default_rng(123)  # vae_sharpness.py's scenes
+    small, large = [], []
+    while len(small) < 48 or len(large) < 48:
+        s = make_scene(rng, BUCKETS[0])
+        short = min(s.original_size)
+        (small if short <= 40 else large if short >= 128 else []).append(s.image)
+    row = {"step": step}
+    for name, ims in (("small", small[:48]), ("large", large[:48])):
+        x = to_images(np.stack(ims))
+        rec = vae.decode(vae.encode(x).mean).clamp(-1, 1)
+        row[name] = {"data": round(high_frequency_energy(pictures(x)), 5),
+                     "reconstructed": round(high_frequency_energy(pictures(rec)), 5)}
+    row["ratio_data"] = round(row["large"]["data"] / row["small"]["data"], 2)
+    row["ratio_reconstructed"] = round(row["large"]["reconstructed"] / row["small"]["reconstructed"], 2)
+    row |= autoencoder_quality(vae)
+    vae.train()
+    print(json.dumps(row), flush=True)
+    with open(out / "measured.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def adaptive_weight(rec_loss, g_loss):  # VQGAN: balance the two gradients at the decoder's last layer
+    last = vae.decoder.conv_out.weight
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+
+measure(0)
+disc = discriminator()
+opt = torch.optim.AdamW(vae.parameters(), lr=1e-4, weight_decay=0.01)
+opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))  # AdamW's moments start at 0
+rng = np.random.default_rng(7)
+start = time.time()
+for step in range(1, steps + 1):
+    x = to_images(np.stack([make_scene(rng, BUCKETS[0]).image for _ in range(8)]))
+    q = vae.encode(x)
+    rec = vae.decode(q.sample())
+    loss = autoencoder_loss(x, rec, q)
+    if mode == "adversarial":
+        g_loss = -disc(rec).mean()
+        loss = loss + 0.5 * adaptive_weight(loss, g_loss) * g_loss
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    warmup.step()
+    if mode == "adversarial":  # hinge loss: real patches above +1, reconstructed below -1
+        d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+    if step % 50 == 0:
+        print(step, round(loss.item(), 4), round(time.time() - start), flush=True)
+    if step % 200 == 0 or step == steps:
+        torch.save({"vae": vae.state_dict(), "step": step}, out / "vae.pt")
+    if step % 400 == 0 or step == steps:
+        measure(step)
