@@ -6,9 +6,12 @@
 #   plain        the stage's own loss (L1 + edges + KL), the control: does more training do it?
 #   adversarial  the same plus a patch discriminator with a hinge loss and VQGAN's adaptive
 #                weight, as LDM's first stage (and so SDXL's autoencoder) was trained
+# or trains one from scratch on 64 x 64 crops with the stage's loss, to ask whether width is what it lacks:
+#   narrow       the shipped shape (NANO_VAE: 16/32/64/64, one ResNet block a level), the reference
+#   wide         twice as wide (32/64/128/128)
 # and measures the round trip's sharpness on small and large originals, its PSNR and specks.
-# Usage, from the repository root: python training/nano2/probes/autoencoder_sharpness.py MODE STEPS
-import json, sys, time
+# Usage, from the repository root: python training/nano2/probes/autoencoder_sharpness.py MODE STEPS [THREADS]
+import dataclasses, json, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdxl_edu.nano.batches import to_images
+from sdxl_edu.model.vae import AutoencoderKL
+from sdxl_edu.nano import NANO_VAE
 from sdxl_edu.nano.bench import autoencoder_quality
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
@@ -29,7 +34,11 @@ torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 torch.manual_seed(0)
 out = Path(f"runs/probes/autoencoder_{mode}")
 out.mkdir(parents=True, exist_ok=True)
-vae = trained_vae(Run(Path("training/nano2"), 0)).requires_grad_(True).train()
+scratch = mode in ("narrow", "wide")
+if scratch:
+    vae = AutoencoderKL(NANO_VAE if mode == "narrow" else dataclasses.replace(NANO_VAE, ch=32)).train()
+else:
+    vae = trained_vae(Run(Path("training/nano2"), 0)).requires_grad_(True).train()
 
 
 def discriminator():  # VQGAN's N-layer patch discriminator, narrowed: one logit per ~34 px patch
@@ -77,13 +86,16 @@ def adaptive_weight(rec_loss, g_loss):  # VQGAN: balance the two gradients at th
 
 measure(0)
 disc = discriminator()
-opt = torch.optim.AdamW(vae.parameters(), lr=1e-4, weight_decay=0.01)
+opt = torch.optim.AdamW(vae.parameters(), lr=5e-4 if scratch else 1e-4, weight_decay=0.01)  # the stage's rates
 opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
 warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))  # AdamW's moments start at 0
 rng = np.random.default_rng(7)
 start = time.time()
 for step in range(1, steps + 1):
     x = to_images(np.stack([make_scene(rng, BUCKETS[0]).image for _ in range(8)]))
+    if scratch:  # as the stage's first phase: 64 x 64 crops, two from each picture
+        top, left = rng.integers(0, 128 - 64 + 1, (2, 16))
+        x = torch.stack([x[i // 2, :, t:t + 64, l:l + 64] for i, (t, l) in enumerate(zip(top, left))])
     q = vae.encode(x)
     rec = vae.decode(q.sample())
     loss = autoencoder_loss(x, rec, q)

@@ -1,0 +1,53 @@
+# Can the shipped decoder draw a sharp edge at all? For 24 scenes from large (sharp) originals and
+# 24 from small (blurred) ones, optimise the latent itself (Adam, 300 steps, L1 to the picture),
+# starting from the encoder's answer, and measure the decoded pictures' high-frequency energy.
+# If the optimised latents decode sharp edges for sharp scenes and soft ones for blurred scenes,
+# the decoder can tell them apart and the encoder is what loses the difference; if not, the
+# decoder cannot draw it. Fresh scenes (seed 123, as vae_sharpness.py), never the benchmark's.
+# Usage, from the repository root: python training/nano2/probes/decoder_reach.py
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdxl_edu.nano.batches import to_images
+from sdxl_edu.nano.loop import Run
+from sdxl_edu.nano.metrics import high_frequency_energy
+from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.stages import trained_vae
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+vae = trained_vae(Run(Path("training/nano2"), 0))
+rng = np.random.default_rng(123)
+small, large = [], []
+while len(small) < 24 or len(large) < 24:
+    s = make_scene(rng, BUCKETS[0])
+    short = min(s.original_size)
+    (small if short <= 40 else large if short >= 128 else []).append(s.image)
+
+
+def pictures(x):
+    return [Image.fromarray(((a.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+            for a in x.clamp(-1, 1)]
+
+
+for name, ims in (("small originals (<= 40 px)", small[:24]), ("large originals (>= 128 px)", large[:24])):
+    x = to_images(np.stack(ims))
+    with torch.no_grad():
+        z = vae.encode(x).mean
+        encoded = vae.decode(z)
+    z = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.02)
+    for step in range(300):
+        loss = (vae.decode(z) - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        fitted = vae.decode(z)
+    psnr = lambda r: float(10 * torch.log10(4 / ((r.clamp(-1, 1) - x) ** 2).mean()))
+    hf = [high_frequency_energy(pictures(a)) for a in (x, encoded, fitted)]
+    print(f"{name}: data {hf[0]:.5f}; encoder's latent {hf[1]:.5f} ({psnr(encoded):.2f} dB); "
+          f"optimised latent {hf[2]:.5f} ({psnr(fitted):.2f} dB)", flush=True)
