@@ -5,7 +5,10 @@
 # the benchmark's), in one of two ways:
 #   plain        the stage's own loss (L1 + edges + KL), the control: does more training do it?
 #   adversarial  the same plus a patch discriminator with a hinge loss and VQGAN's adaptive
-#                weight, as LDM's first stage (and so SDXL's autoencoder) was trained
+#                weight, as LDM's first stage (and so SDXL's autoencoder) was trained, less its
+#                LPIPS term (a perceptual loss on pretrained VGG features, not tried here)
+# The stage's loss, not all of its training: no gradient clipping, EMA or cosine decay, and the
+# raw weights are scored.
 # or trains one from scratch on 64 x 64 crops with the stage's loss, to ask whether width is what it lacks:
 #   narrow       the shipped shape (NANO_VAE: 16/32/64/64, one ResNet block a level), the reference
 #   wide         twice as wide (32/64/128/128)
@@ -86,7 +89,8 @@ def adaptive_weight(rec_loss, g_loss):  # VQGAN: balance the two gradients at th
 
 measure(0)
 disc = discriminator()
-opt = torch.optim.AdamW(vae.parameters(), lr=5e-4 if scratch else 1e-4, weight_decay=0.01)  # the stage's rates
+# the stage's crop phase used 5e-4 (its whole-picture phase 2e-4)
+opt = torch.optim.AdamW(vae.parameters(), lr=5e-4 if scratch else 1e-4, weight_decay=0.01)
 opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
 warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))  # AdamW's moments start at 0
 rng = np.random.default_rng(7)

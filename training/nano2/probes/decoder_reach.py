@@ -1,9 +1,11 @@
-# Can the shipped decoder draw a sharp edge at all? For 24 scenes from large (sharp) originals and
+# Can the shipped decoder draw a sharp edge? For 24 scenes from large (sharp) originals and
 # 24 from small (blurred) ones, optimise the latent itself (Adam, 300 steps, L1 to the picture),
 # starting from the encoder's answer, and measure the decoded pictures' high-frequency energy.
 # If the optimised latents decode sharp edges for sharp scenes and soft ones for blurred scenes,
 # the decoder can tell them apart and the encoder is what loses the difference; if not, the
-# decoder cannot draw it. Fresh scenes (seed 123, as vae_sharpness.py), never the benchmark's.
+# decoder cannot draw it from any latent this search reaches. PSNR here is over all 24 pictures'
+# pixels at once (the benchmark averages per picture). Fresh scenes (seed 123, as vae_sharpness.py),
+# never the benchmark's.
 # Usage, from the repository root: python training/nano2/probes/decoder_reach.py
 from pathlib import Path
 
