@@ -75,10 +75,10 @@ def stage_data(run: Run, per_bucket: int = SAMPLES_PER_BUCKET) -> None:
                  framed=np.array([s.framed for s in scenes]))
 
 
-def autoencoder_loss(x: torch.Tensor, rec: torch.Tensor, q) -> torch.Tensor:
+def autoencoder_loss(x: torch.Tensor, rec: torch.Tensor, q, kl_weight: float = 1e-4) -> torch.Tensor:
     """The autoencoder's loss for pictures x, their reconstruction and the posterior q(z | x):
     |rec - x| + |d rec - d x| (the edges: finite differences along height and width) +
-    1e-4 KL(q || N(0, 1)), every term a mean.
+    kl_weight KL(q || N(0, 1)), every term a mean.
 
     >>> from sdxl_edu.model.vae import DiagonalGaussian
     >>> x = torch.zeros(1, 3, 4, 4)
@@ -87,7 +87,7 @@ def autoencoder_loss(x: torch.Tensor, rec: torch.Tensor, q) -> torch.Tensor:
     """
     edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
     kl = 0.5 * (q.mean**2 + q.std**2 - 1 - q.logvar).mean()
-    return (rec - x).abs().mean() + edges + 1e-4 * kl
+    return (rec - x).abs().mean() + edges + kl_weight * kl
 
 
 def stage_vae(run: Run) -> AutoencoderKL:

@@ -12,6 +12,9 @@
 # or trains one from scratch on 64 x 64 crops with the stage's loss, to ask whether width is what it lacks:
 #   narrow       the shipped shape (NANO_VAE: 16/32/64/64, one ResNet block a level), the reference
 #   wide         twice as wide (32/64/128/128)
+#   narrow_kl    the shipped shape with LDM's balance of KL against reconstruction: LDM weighs a
+#                latent element's KL 1e-6 against a pixel's error, both summed; the stage's means
+#                weigh it 1e-4 x 48 (pixels per latent element) = 4.8e-3, 4800 times more
 # and measures the round trip's sharpness on small and large originals, its PSNR and specks.
 # Usage, from the repository root: python training/nano2/probes/autoencoder_sharpness.py MODE STEPS [THREADS]
 import dataclasses, json, sys, time
@@ -37,9 +40,9 @@ torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 torch.manual_seed(0)
 out = Path(f"runs/probes/autoencoder_{mode}")
 out.mkdir(parents=True, exist_ok=True)
-scratch = mode in ("narrow", "wide")
+scratch = mode in ("narrow", "wide", "narrow_kl")
 if scratch:
-    vae = AutoencoderKL(NANO_VAE if mode == "narrow" else dataclasses.replace(NANO_VAE, ch=32)).train()
+    vae = AutoencoderKL(dataclasses.replace(NANO_VAE, ch=32) if mode == "wide" else NANO_VAE).train()
 else:
     vae = trained_vae(Run(Path("training/nano2"), 0)).requires_grad_(True).train()
 
@@ -102,7 +105,7 @@ for step in range(1, steps + 1):
         x = torch.stack([x[i // 2, :, t:t + 64, l:l + 64] for i, (t, l) in enumerate(zip(top, left))])
     q = vae.encode(x)
     rec = vae.decode(q.sample())
-    loss = autoencoder_loss(x, rec, q)
+    loss = autoencoder_loss(x, rec, q, kl_weight=1e-6 / 48 if mode == "narrow_kl" else 1e-4)
     if mode == "adversarial":
         g_loss = -disc(rec).mean()
         loss = loss + 0.5 * adaptive_weight(loss, g_loss) * g_loss
