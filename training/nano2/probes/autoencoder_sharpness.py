@@ -1,21 +1,21 @@
 # Can the autoencoder keep sharpness (the trace of a scene's original size) if it trains on?
 # The shipped autoencoder draws every edge equally soft: its round trips of small (blurred)
 # and large (sharp) originals have the same high-frequency energy, where the data differ 16x.
-# This fine-tunes encoder and decoder together from the shipped weights on fresh scenes (never
-# the benchmark's), in one of two ways:
-#   plain        the stage's own loss (L1 + edges + KL), the control: does more training do it?
-#   adversarial  the same plus a patch discriminator with a hinge loss and VQGAN's adaptive
-#                weight, as LDM's first stage (and so SDXL's autoencoder) was trained, less its
-#                LPIPS term (a perceptual loss on pretrained VGG features, not tried here)
-# The stage's loss, not all of its training: no gradient clipping, EMA or cosine decay, and the
-# raw weights are scored.
-# or trains one from scratch on 64 x 64 crops with the stage's loss, to ask whether width is what it lacks:
+# MODE is one of five runs, each with the stage's loss (`stages.autoencoder_loss`) on fresh scenes
+# (never the benchmark's), but not all of the stage's training: no gradient clipping, EMA or
+# cosine decay, and the raw weights are scored.
+# Fine-tuning encoder and decoder together from the shipped weights, on whole pictures:
+#   plain        the stage's loss alone, the control: does more training do it?
+#   adversarial  plus a patch discriminator with a hinge loss and VQGAN's adaptive weight, as
+#                LDM's first stage (and so SDXL's autoencoder) was trained, less its LPIPS term
+#                (a perceptual loss on pretrained VGG features, not tried here)
+# From scratch on 64 x 64 crops, as the stage's first phase, to ask what the shape lacks:
 #   narrow       the shipped shape (NANO_VAE: 16/32/64/64, one ResNet block a level), the reference
 #   wide         twice as wide (32/64/128/128)
 #   narrow_kl    the shipped shape with LDM's balance of KL against reconstruction: LDM weighs a
 #                latent element's KL 1e-6 against a pixel's error, both summed; the stage's means
 #                weigh it 1e-4 x 48 (pixels per latent element) = 4.8e-3, 4800 times more
-# and measures the round trip's sharpness on small and large originals, its PSNR and specks.
+# Every 400 steps: the round trip's sharpness on small and large originals, its PSNR and specks.
 # Usage, from the repository root: python training/nano2/probes/autoencoder_sharpness.py MODE STEPS [THREADS]
 import dataclasses, json, sys, time
 from pathlib import Path
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
-from sdxl_edu.nano.batches import to_images
 from sdxl_edu.model.vae import AutoencoderKL
+from sdxl_edu.nano.batches import to_images
 from sdxl_edu.nano import NANO_VAE
 from sdxl_edu.nano.bench import autoencoder_quality
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import autoencoder_loss, trained_vae
+from sdxl_edu.pipeline import tensor_to_pil
 
 mode, steps = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
@@ -54,9 +54,8 @@ def discriminator():  # VQGAN's N-layer patch discriminator, narrowed: one logit
                          nn.Conv2d(128, 1, 4, 1, 1))
 
 
-def pictures(x):
-    return [Image.fromarray(((a.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
-            for a in x]
+def pictures(x):  # [-1, 1] -> PIL
+    return tensor_to_pil(((x + 1) / 2).clamp(0, 1))
 
 
 @torch.no_grad()
@@ -91,10 +90,10 @@ def adaptive_weight(rec_loss, g_loss):  # VQGAN: balance the two gradients at th
 
 
 measure(0)
-disc = discriminator()
+disc = discriminator() if mode == "adversarial" else None
 # the stage's crop phase used 5e-4 (its whole-picture phase 2e-4)
 opt = torch.optim.AdamW(vae.parameters(), lr=5e-4 if scratch else 1e-4, weight_decay=0.01)
-opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+opt_d = disc and torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
 warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 100))  # AdamW's moments start at 0
 rng = np.random.default_rng(7)
 start = time.time()

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sdxl_edu.nano.batches import to_images
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained_vae
+from sdxl_edu.pipeline import tensor_to_pil
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -30,9 +30,8 @@ while len(small) < 24 or len(large) < 24:
     (small if short <= 40 else large if short >= 128 else []).append(s.image)
 
 
-def pictures(x):
-    return [Image.fromarray(((a.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
-            for a in x.clamp(-1, 1)]
+def pictures(x):  # [-1, 1] -> PIL
+    return tensor_to_pil(((x + 1) / 2).clamp(0, 1))
 
 
 for name, ims in (("small originals (<= 40 px)", small[:24]), ("large originals (>= 128 px)", large[:24])):
