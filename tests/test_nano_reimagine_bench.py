@@ -52,3 +52,9 @@ def test_the_benchmark_tells_a_copy_from_a_variation(evaluator):
     assert copied["faithful"]["rate"] >= 0.925 and redrawn["faithful"]["rate"] >= 0.925, (copied, redrawn)
     assert copied["layout_changed"]["rate"] == 0.0 and copied["diversity"] == 0.0, copied
     assert redrawn["layout_changed"]["low"] >= 0.5 and redrawn["diversity"] > 0.05, redrawn
+    for result in (copied, redrawn):  # every picture counted once, under its input's number of objects
+        by_count = result["faithful_by_objects"]
+        assert set(by_count) == {"1_object", "2_objects"}, by_count
+        assert sum(r["n"] for r in by_count.values()) == result["faithful"]["n"], by_count
+        hits = sum(round(r["rate"] * r["n"]) for r in by_count.values())
+        assert hits == round(result["faithful"]["rate"] * result["faithful"]["n"]), (by_count, result["faithful"])
