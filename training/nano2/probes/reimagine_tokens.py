@@ -1,0 +1,118 @@
+# Would a second path for the picture's embedding let nano Reimagine draw two objects?
+# nano Reimagine, as SD 2.1 unCLIP, reads the CLIP image embedding only through y, a shift of the timestep
+# embedding with no place in it; its variations of two distinct objects keep both in 18% although the
+# embedding binds colour to shape (`reimagine_binding.py`). DALL-E 2's decoder also projects the embedding
+# into four extra tokens of cross-attention context (Ramesh et al. 2022, section 2.1). Two runs, the same
+# in all else (stage_reimagine's loss, batch, learning rate, seeds and data), trained from scratch:
+#   y       the shipped recipe
+#   tokens  y, and the noised embedding (y's first half) projected into 4 tokens appended to the context;
+#           when y is dropped (zeros, training's dropout and guidance's unconditional branch) the tokens
+#           are the projection's bias
+# Data: 16,000 square scenes from seed 90,000 (never scored), encoded by the shipped autoencoder; cached in
+# runs/probes/reimagine_data.npz by `python .../reimagine_tokens.py data`. Scored as `reimagine_binding.py`
+# scores the shipped model: variations of the validation scenes (seed 60,000), generation seeds 10-13.
+# Usage, from the repository root: python training/nano2/probes/reimagine_tokens.py data | MODE STEPS [THREADS]
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sdxl_edu.loading import load_variation_pipeline
+from sdxl_edu.model.unclip import EMBEDDING_DROPOUT, drop_embeddings
+from sdxl_edu.model.unet import UNet
+from sdxl_edu.nano import EVALUATOR_FILE, WEIGHTS
+from sdxl_edu.nano.batches import noisy_latents, to_images
+from sdxl_edu.nano.bench import rate
+from sdxl_edu.nano.classifiers import load_evaluator
+from sdxl_edu.nano.loop import Run, fit
+from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedding_statistics, empty_prompt_context,
+                                     picture_embeddings)
+from sdxl_edu.nano.reimagine_bench import input_scenes
+from sdxl_edu.nano.scene_reading import read_objects
+from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.stages import trained, trained_vae
+from sdxl_edu.sampling.schedule import NoiseSchedule
+
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+cache = Path("runs/probes/reimagine_data.npz")
+pipe = load_variation_pipeline(WEIGHTS / "nano_reimagine.safetensors")
+
+
+class TokenUNet(UNet):
+    """nano Reimagine's UNet with DALL-E 2's second path: the noised embedding as `tokens` extra
+    context tokens."""
+
+    def __init__(self, config, tokens: int = 4):
+        super().__init__(config)
+        self.tokens = tokens
+        self.embedding_tokens = torch.nn.Linear(config.adm_in_channels // 2, tokens * config.context_dim)
+
+    def forward(self, x, t, context, y=None):
+        extra = self.embedding_tokens(y[:, :y.shape[1] // 2]).unflatten(1, (self.tokens, -1))
+        return super().forward(x, t, torch.cat([context, extra.to(context.dtype)], dim=1), y)
+
+
+@torch.no_grad()
+def make_data(n: int = 16_000) -> None:
+    rng = np.random.default_rng(90_000)
+    images = np.stack([make_scene(rng, BUCKETS[0]).image for _ in range(n)])
+    vae = trained_vae(Run(Path("training/nano2"), 0))
+    latents = torch.cat([vae.encode(to_images(images[i:i + 128])).mean * vae.scaling_factor
+                         for i in range(0, n, 128)])
+    np.savez(cache, latents=latents.numpy(), embeds=picture_embeddings(pipe.image_encoder, images).numpy())
+
+
+def train(mode: str, steps: int) -> torch.nn.Module:
+    data = np.load(cache)
+    latents, embeds = torch.from_numpy(data["latents"]), torch.from_numpy(data["embeds"])
+    augment = embedding_statistics(embeds)
+    context = empty_prompt_context(pipe.text_encoder_2)
+    schedule = NoiseSchedule.from_config(REIMAGINE_SCHEDULER)
+    run = Run(Path(f"runs/probes/reimagine_{mode}"), seed=0)
+    torch.manual_seed(0)
+    unet = TokenUNet(NANO_REIMAGINE) if mode == "tokens" else UNet(NANO_REIMAGINE)
+
+    def loss_fn(rng, batch=64):
+        idx = rng.integers(0, len(embeds), batch)
+        levels = torch.from_numpy(rng.integers(0, augment.max_noise_level, batch))
+        noise = torch.from_numpy(rng.standard_normal((batch, embeds.shape[1])).astype(np.float32))
+        keep = torch.from_numpy(rng.random(batch) >= EMBEDDING_DROPOUT).float()
+        y = drop_embeddings(augment(embeds[idx], levels, noise), keep)
+        x_t, t, eps = noisy_latents(rng, schedule, latents[idx])
+        return F.mse_loss(unet(x_t, t, context.expand(batch, -1, -1), y),
+                          schedule.training_target(latents[idx], t, eps))
+
+    fit(run, "reimagine", {"unet": unet}, loss_fn, steps, lr=3e-4)
+    pipe.noise_augmentor = augment
+    return trained(run, "reimagine", TokenUNet(NANO_REIMAGINE) if mode == "tokens" else UNet(NANO_REIMAGINE))
+
+
+def score(mode: str, steps: int) -> None:
+    evaluator = load_evaluator(WEIGHTS / EVALUATOR_FILE.name)
+    held_out = input_scenes(150, seed=60_000)
+    one = [sc for sc in held_out if len(sc.objects) == 1]
+    two = [sc for sc in held_out if len(sc.objects) == 2 and sc.objects[0].shape != sc.objects[1].shape
+           and sc.objects[0].colour != sc.objects[1].colour]
+    for name, scenes in (("one object", one), ("two objects, distinct", two)):
+        images = [Image.fromarray(sc.image) for sc in scenes]
+        kept, counts = [], []
+        for seed in range(10, 14):
+            variations = pipe(images, seed=seed, num_inference_steps=20, progress=False).images
+            for sc, objects in zip(scenes, read_objects(evaluator, variations)):
+                read = {(o.shape, o.colour) for o in objects}
+                kept.append(all((o.shape, o.colour) in read for o in sc.objects))
+                counts.append(len(objects) == len(sc.objects))
+        k, c = rate(kept), rate(counts)
+        print(f"{mode} {steps}, {name}: every object kept {100 * k['rate']:.1f}% [{100 * k['low']:.1f}, "
+              f"{100 * k['high']:.1f}] of {k['n']}; as many objects as the input {100 * c['rate']:.1f}% "
+              f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", flush=True)
+
+
+if sys.argv[1] == "data":
+    make_data()
+else:
+    pipe.unet = train(sys.argv[1], int(sys.argv[2]))
+    score(sys.argv[1], int(sys.argv[2]))
