@@ -115,10 +115,10 @@ groups = {"one object": [sc for sc in held_out if len(sc.objects) == 1],
                           and sc.objects[0].colour != sc.objects[1].colour]}
 for group, scenes in groups.items():
     images = [Image.fromarray(sc.image) for sc in scenes]
-    outcomes, counts, rows = [], [], [images[:8]]
+    outcomes, counts, shown = [], [], [images[:8]]
     for seed in range(10, 14):
         variations = pipe(images, seed=seed, num_inference_steps=20, progress=False).images
-        rows.append(variations[:8])
+        shown.append(variations[:8])
         for sc, objects in zip(scenes, read_objects(evaluator, variations)):
             counts.append(len(objects))
             if group == "two objects":
@@ -134,8 +134,8 @@ for group, scenes in groups.items():
         r = rate([o == name for o in outcomes])
         print(f"  {name}: {100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}] of {r['n']}")
     if group == "two objects":  # the first 8 inputs (top row) and their variations at seeds 10-13
-        grid = Image.new("RGB", (128 * 8, 128 * len(rows)), "white")
-        for r, row in enumerate(rows):
+        grid = Image.new("RGB", (128 * 8, 128 * len(shown)), "white")
+        for r, row in enumerate(shown):
             for i, image in enumerate(row):
                 grid.paste(image, (128 * i, 128 * r))
         grid.save("training/nano2/probes/reimagine_two_objects.png")
