@@ -53,6 +53,23 @@ def input_scenes(n: int, seed: int = SCENE_SEED) -> list[Scene]:
     return scenes
 
 
+def by_objects(scenes: list[Scene]) -> dict[str, list[Scene]]:
+    """The validation groups the probes score variations on: scenes of one object, and scenes of
+    two objects distinct in shape and in colour (nothing to bind by elimination).
+
+    >>> groups = by_objects(input_scenes(40, seed=60_000))
+    >>> all(len({o.shape for o in s.objects}) == len({o.colour for o in s.objects}) == 2
+    ...     for s in groups["two objects, distinct"])
+    True
+    """
+    def distinct(scene: Scene) -> bool:
+        a, b = scene.objects
+        return a.shape != b.shape and a.colour != b.colour
+
+    return {"one object": [s for s in scenes if len(s.objects) == 1],
+            "two objects, distinct": [s for s in scenes if len(s.objects) == 2 and distinct(s)]}
+
+
 def centre(mask: np.ndarray) -> np.ndarray:
     """The (y, x) centroid of a mask, as a fraction of the picture's side.
 

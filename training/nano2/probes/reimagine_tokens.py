@@ -30,7 +30,7 @@ from sdxl_edu.nano.classifiers import load_evaluator
 from sdxl_edu.nano.loop import Run, fit
 from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedding_statistics, empty_prompt_context,
                                      picture_embeddings)
-from sdxl_edu.nano.reimagine_bench import input_scenes
+from sdxl_edu.nano.reimagine_bench import by_objects, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained, trained_vae
@@ -92,11 +92,7 @@ def train(mode: str, steps: int) -> torch.nn.Module:
 
 def score(mode: str, steps: int) -> None:
     evaluator = load_evaluator(WEIGHTS / EVALUATOR_FILE.name)
-    held_out = input_scenes(150, seed=60_000)
-    one = [sc for sc in held_out if len(sc.objects) == 1]
-    two = [sc for sc in held_out if len(sc.objects) == 2 and sc.objects[0].shape != sc.objects[1].shape
-           and sc.objects[0].colour != sc.objects[1].colour]
-    for name, scenes in (("one object", one), ("two objects, distinct", two)):
+    for name, scenes in by_objects(input_scenes(150, seed=60_000)).items():
         images = [Image.fromarray(sc.image) for sc in scenes]
         kept, counts = [], []
         for seed in range(10, 14):
