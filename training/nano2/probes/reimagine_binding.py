@@ -13,7 +13,8 @@
 # two shapes, one kept and nothing else drawn, one kept and the other changed, neither kept; and how many
 # objects the evaluator reads in each variation, beside one-object scenes. The first 8 two-object inputs
 # and their variations go to reimagine_two_objects.png beside this script.
-# Usage, from the repository root: python training/nano2/probes/reimagine_binding.py [TRIALS] [SCENES]
+# Usage, from the repository root: python training/nano2/probes/reimagine_binding.py [TRIALS] [SCENES] [FILE]
+# FILE: another nano Reimagine file to score (default: the shipped one, whose grid is saved)
 import sys
 
 import numpy as np
@@ -29,14 +30,15 @@ from sdxl_edu.nano.classifiers import load_evaluator
 from sdxl_edu.nano.bench import phrase, rate
 from sdxl_edu.nano.clip import clip_pixels
 from sdxl_edu.nano.data import COLOURS, SHAPES
-from sdxl_edu.nano.reimagine_bench import input_scenes
+from sdxl_edu.nano.reimagine_bench import by_objects, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
 from sdxl_edu.nano.scenes import apart, render
 
 torch.set_num_threads(2)
 trials = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 n_scenes = int(sys.argv[2]) if len(sys.argv) > 2 else 150
-pipe = load_variation_pipeline(WEIGHTS / "nano_reimagine.safetensors")
+shipped = len(sys.argv) <= 3
+pipe = load_variation_pipeline(WEIGHTS / "nano_reimagine.safetensors" if shipped else sys.argv[3], tokenizers=WEIGHTS)
 rng = np.random.default_rng(70_000)
 
 
@@ -109,10 +111,7 @@ def outcome(want, read) -> str:
 
 
 evaluator = load_evaluator(WEIGHTS / EVALUATOR_FILE.name)
-held_out = input_scenes(n_scenes, seed=60_000)
-groups = {"one object": [sc for sc in held_out if len(sc.objects) == 1],
-          "two objects": [sc for sc in held_out if len(sc.objects) == 2 and sc.objects[0].shape != sc.objects[1].shape
-                          and sc.objects[0].colour != sc.objects[1].colour]}
+groups = by_objects(input_scenes(n_scenes, seed=60_000))
 for group, scenes in groups.items():
     images = [Image.fromarray(sc.image) for sc in scenes]
     outcomes, counts, shown = [], [], [images[:8]]
@@ -121,7 +120,7 @@ for group, scenes in groups.items():
         shown.append(variations[:8])
         for sc, objects in zip(scenes, read_objects(evaluator, variations)):
             counts.append(len(objects))
-            if group == "two objects":
+            if group == "two objects, distinct":
                 want = [(o.shape, o.colour) for o in sc.objects]
                 outcomes.append(outcome(want, {(o.shape, o.colour) for o in objects}))
     right = rate([c == len(scenes[0].objects) for c in counts])
@@ -133,7 +132,7 @@ for group, scenes in groups.items():
                  "one kept, the other changed", "neither kept") if outcomes else ():
         r = rate([o == name for o in outcomes])
         print(f"  {name}: {100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}] of {r['n']}")
-    if group == "two objects":  # the first 8 inputs (top row) and their variations at seeds 10-13
+    if shipped and group == "two objects, distinct":  # the first 8 inputs (top row) and their variations at seeds 10-13
         grid = Image.new("RGB", (128 * 8, 128 * len(shown)), "white")
         for r, row in enumerate(shown):
             for i, image in enumerate(row):
