@@ -93,17 +93,18 @@ def empty_prompt_context(text_encoder_2) -> torch.Tensor:
     return conditioner.encode_text([""])[0]
 
 
-def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64) -> None:
+def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64,
+                    scheduler: dict = REIMAGINE_SCHEDULER) -> None:
     """The variations UNet on the square bucket's cached latents: y from the picture's own
     noise-augmented embedding at a level uniform over 0..999, zeroed for 25% of the batch;
-    the v target; the empty prompt's context. The embedding statistics are saved beside the
-    checkpoint (`reimagine_stats.pt`) for the export."""
+    the v target on `scheduler` (a probe may pass another); the empty prompt's context. The
+    embedding statistics are saved beside the checkpoint (`reimagine_stats.pt`) for the export."""
     data, latents = load_data(run)[SQUARE], load_latents(run)[SQUARE]
     embeds = picture_embeddings(image_encoder, data["images"])
     augment = embedding_statistics(embeds)
     torch.save(augment.state_dict(), run.out / "reimagine_stats.pt")
     context = empty_prompt_context(text_encoder_2)
-    schedule = NoiseSchedule.from_config(REIMAGINE_SCHEDULER)
+    schedule = NoiseSchedule.from_config(scheduler)
     torch.manual_seed(stage_seed(run, "reimagine"))
     unet = UNet(NANO_REIMAGINE)
 
@@ -121,9 +122,10 @@ def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64) ->
     fit(run, "reimagine", {"unet": unet}, loss_fn, STEPS["reimagine"], lr=3e-4)
 
 
-def export_reimagine(run: Run, weights: Path, vae, text_encoder_2, image_encoder, unet: UNet) -> Path:
+def export_reimagine(run: Run, weights: Path, vae, text_encoder_2, image_encoder, unet: UNet,
+                     scheduler: dict = REIMAGINE_SCHEDULER) -> Path:
     """nano Reimagine as one file in Stable unCLIP's released layout (`load_variation_pipeline`),
-    fp16 but for the embedding statistics."""
+    fp16 but for the embedding statistics; the file carries `scheduler`, the one it was trained on."""
     from ..loading import save_single_file
 
     augment = CLIPEmbeddingNoiseAugmentation(NANO_REIMAGINE.adm_in_channels // 2)
@@ -131,6 +133,6 @@ def export_reimagine(run: Run, weights: Path, vae, text_encoder_2, image_encoder
     vae.config = dataclasses.replace(vae.config, scaling_factor=vae.scaling_factor)
     path = weights / "nano_reimagine.safetensors"
     save_single_file(path, unet.half(), vae.half(), text_encoder_2.half(),
-                     extra={"default_size": 128, "scheduler": REIMAGINE_SCHEDULER},
+                     extra={"default_size": 128, "scheduler": scheduler},
                      image_encoder=image_encoder.half(), noise_augmentor=augment)
     return path

@@ -30,7 +30,7 @@ from sdxl_edu.nano.classifiers import load_evaluator
 from sdxl_edu.nano.loop import Run, fit
 from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedding_statistics, empty_prompt_context,
                                      picture_embeddings)
-from sdxl_edu.nano.reimagine_bench import by_objects, input_scenes
+from sdxl_edu.nano.reimagine_bench import by_objects, compare, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained, trained_vae
@@ -98,8 +98,7 @@ def score(mode: str, steps: int) -> None:
         for seed in range(10, 14):
             variations = pipe(images, seed=seed, num_inference_steps=20, progress=False).images
             for sc, objects in zip(scenes, read_objects(evaluator, variations)):
-                read = {(o.shape, o.colour) for o in objects}
-                kept.append(all((o.shape, o.colour) in read for o in sc.objects))
+                kept.append(compare(sc, objects)[0])
                 counts.append(len(objects) == len(sc.objects))
         k, c = rate(kept), rate(counts)
         print(f"{mode} {steps}, {name}: every object kept {100 * k['rate']:.1f}% [{100 * k['low']:.1f}, "
