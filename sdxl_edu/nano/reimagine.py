@@ -42,8 +42,8 @@ from ..sampling.schedule import NoiseSchedule
 from . import SDXL_SCHEDULE, VISION_LIKE
 from .batches import load_data, load_latents, nano_tokenizers, noisy_latents
 from .clip import clip_pixels
-from .loop import Run, fit, stage_seed
-from .stages import STEPS
+from .loop import Run, fit
+from .stages import STEPS, new_unet
 
 NANO_REIMAGINE = UNetConfig(channels=(32, 64, 64), num_res_blocks=(1, 2, 2), transformer_depth=(0, 1, 1),
                             transformer_depth_middle=1, num_head_channels=32, context_dim=128,
@@ -94,19 +94,19 @@ def empty_prompt_context(text_encoder_2) -> torch.Tensor:
 
 
 def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64,
-                    scheduler: dict = REIMAGINE_SCHEDULER) -> None:
+                    scheduler: dict = REIMAGINE_SCHEDULER, init=None) -> None:
     """The variations UNet on the square bucket's cached latents: y from the picture's own
     noise-augmented embedding at a level uniform over 0..999, zeroed for 25% of the batch;
     the v target on `scheduler` (a probe may pass another); the empty prompt's context. The
-    embedding statistics are saved beside the checkpoint (`reimagine_stats.pt`) for the export."""
+    embedding statistics are saved beside the checkpoint (`reimagine_stats.pt`) for the export.
+    With `init` (the shipped variation pipeline) the UNet starts from its weights."""
     data, latents = load_data(run)[SQUARE], load_latents(run)[SQUARE]
     embeds = picture_embeddings(image_encoder, data["images"])
     augment = embedding_statistics(embeds)
     torch.save(augment.state_dict(), run.out / "reimagine_stats.pt")
     context = empty_prompt_context(text_encoder_2)
     schedule = NoiseSchedule.from_config(scheduler)
-    torch.manual_seed(stage_seed(run, "reimagine"))
-    unet = UNet(NANO_REIMAGINE)
+    unet = new_unet(run, "reimagine", NANO_REIMAGINE, init)
 
     def loss_fn(rng):
         idx = rng.integers(0, len(embeds), batch)

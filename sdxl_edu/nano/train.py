@@ -74,10 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def continue_from_shipped(run: Run):
-    """The shipped base and refiner, to continue from; their autoencoder and CLIP towers stand
-    in for the `vae` and `clip` stages', frozen as they are."""
-    from ..loading import load_pipeline
-    from . import BASE_FILE, REFINER_FILE
+    """The shipped base, refiner and nano Reimagine, to continue from; the base's autoencoder
+    and CLIP towers stand in for the `vae` and `clip` stages', frozen as they are."""
+    from ..loading import load_pipeline, load_variation_pipeline
+    from . import BASE_FILE, REFINER_FILE, REIMAGINE_FILE
 
     shipped, shipped_refiner = load_pipeline(BASE_FILE), load_pipeline(REFINER_FILE)
     if not run.done("vae"):
@@ -87,7 +87,7 @@ def continue_from_shipped(run: Run):
     if not run.done("clip"):
         save_clip(run, shipped.text_encoder, shipped.text_encoder_2, shipped_image_encoder())
         run.mark_done("clip", source="shipped")
-    return shipped, shipped_refiner
+    return shipped, shipped_refiner, load_variation_pipeline(REIMAGINE_FILE, tokenizers=WEIGHTS)
 
 
 def pack(run: Run, folder: Path) -> None:
@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     if "data" in wanted:
         stage_data(run, QUICK_SAMPLES_PER_BUCKET if args.quick else SAMPLES_PER_BUCKET)
         run.mark_done("data")
-    shipped, shipped_refiner = continue_from_shipped(run) if args.continue_from_shipped else (None, None)
+    shipped, shipped_refiner, shipped_reimagine = (continue_from_shipped(run) if args.continue_from_shipped
+                                                   else (None, None, None))
     for stage in wanted:
         if stage == "vae":
             run.mark_done("vae", scaling_factor=stage_vae(run).scaling_factor)
@@ -165,7 +166,7 @@ def main(argv=None) -> None:
         elif stage == "refiner":
             stage_refiner(run, sdxl_schedule, trained_clip(run)[1], shipped_refiner)
         elif stage == "reimagine":
-            stage_reimagine(run, *trained_clip(run)[1:])
+            stage_reimagine(run, *trained_clip(run)[1:], init=shipped_reimagine)
         elif stage == "classifiers":
             stage_classifiers(run, sdxl_schedule, trained_vae(run))
         elif stage == "export":
