@@ -174,6 +174,26 @@ def make_scene(rng: np.random.Generator, bucket: tuple[int, int], caption_dropou
                  (top, left), (bh, bw), framed)
 
 
+def small_and_large_originals(n: int, seed: int = 123) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The square bucket's first `n` scenes, drawn from `seed`, whose original's short side is
+    at most 40 px (upscaled to 128, so blurred), and its first `n` of at least 128 px (sharp):
+    the two ends of what SDXL's size conditioning tells apart.
+
+    >>> small, large = small_and_large_originals(2)
+    >>> len(small), len(large), small[0].shape
+    (2, 2, (128, 128, 3))
+    """
+    rng, small, large = np.random.default_rng(seed), [], []
+    while len(small) < n or len(large) < n:
+        scene = make_scene(rng, BUCKETS[0])
+        short = min(scene.original_size)
+        if short <= 40 and len(small) < n:
+            small.append(scene.image)
+        elif short >= 128 and len(large) < n:
+            large.append(scene.image)
+    return small, large
+
+
 def scene_caption(rng, objects: list[SceneObject]) -> str:
     """The named objects in random order, joined by "and", each described as `make_caption`
     describes one (its size, colour and position each left out at random).

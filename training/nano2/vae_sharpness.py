@@ -10,21 +10,13 @@ from PIL import Image
 
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
-from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.scenes import small_and_large_originals
 from sdxl_edu.nano.stages import trained_vae
 
 N = 48
 torch.set_num_threads(1)
 vae = trained_vae(Run(Path("runs/nano2"), 0))
-rng = np.random.default_rng(123)
-small, large = [], []
-while len(small) < N or len(large) < N:
-    scene = make_scene(rng, BUCKETS[0])
-    short = min(scene.original_size)
-    if short <= 40 and len(small) < N:
-        small.append(scene.image)
-    elif short >= 128 and len(large) < N:
-        large.append(scene.image)
+small, large = small_and_large_originals(N)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from sdxl_edu.nano import NANO_VAE
 from sdxl_edu.nano.bench import autoencoder_quality
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
-from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.scenes import BUCKETS, make_scene, small_and_large_originals
 from sdxl_edu.nano.stages import autoencoder_loss, trained_vae
 from sdxl_edu.pipeline import tensor_to_pil
 
@@ -65,14 +65,9 @@ def pictures(x):  # [-1, 1] -> PIL
 @torch.no_grad()
 def measure(step):
     vae.eval()
-    rng = np.random.default_rng(123)  # vae_sharpness.py's scenes
-    small, large = [], []
-    while len(small) < 48 or len(large) < 48:
-        s = make_scene(rng, BUCKETS[0])
-        short = min(s.original_size)
-        (small if short <= 40 else large if short >= 128 else []).append(s.image)
+    small, large = small_and_large_originals(48)  # vae_sharpness.py's scenes
     row = {"step": step}
-    for name, ims in (("small", small[:48]), ("large", large[:48])):
+    for name, ims in (("small", small), ("large", large)):
         x = to_images(np.stack(ims))
         q = vae.encode(x)
         rec = vae.decode(q.mean).clamp(-1, 1)

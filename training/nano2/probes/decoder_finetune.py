@@ -7,7 +7,7 @@ from PIL import Image
 from sdxl_edu import load_pipeline
 from sdxl_edu.nano.bench import ONE, phrase
 from sdxl_edu.nano.metrics import high_frequency_energy
-from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.scenes import BUCKETS, make_scene, small_and_large_originals
 from sdxl_edu.nano.batches import to_images
 
 torch.set_num_threads(2)
@@ -28,15 +28,7 @@ def hf(x):
 
 @torch.no_grad()
 def measure(tag):
-    rng = np.random.default_rng(123)
-    small, large = [], []
-    while len(small) < 48 or len(large) < 48:
-        s = make_scene(rng, BUCKETS[0])
-        short = min(s.original_size)
-        if short <= 40 and len(small) < 48:
-            small.append(s.image)
-        elif short >= 128 and len(large) < 48:
-            large.append(s.image)
+    small, large = small_and_large_originals(48)
     out = {}
     for name, ims in (("small", small), ("large", large)):
         x = to_images(np.stack(ims))

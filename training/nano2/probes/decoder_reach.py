@@ -15,26 +15,21 @@ import torch
 from sdxl_edu.nano.batches import to_images
 from sdxl_edu.nano.loop import Run
 from sdxl_edu.nano.metrics import high_frequency_energy
-from sdxl_edu.nano.scenes import BUCKETS, make_scene
+from sdxl_edu.nano.scenes import small_and_large_originals
 from sdxl_edu.nano.stages import trained_vae
 from sdxl_edu.pipeline import tensor_to_pil
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
 vae = trained_vae(Run(Path("training/nano2"), 0))
-rng = np.random.default_rng(123)
-small, large = [], []
-while len(small) < 24 or len(large) < 24:
-    s = make_scene(rng, BUCKETS[0])
-    short = min(s.original_size)
-    (small if short <= 40 else large if short >= 128 else []).append(s.image)
+small, large = small_and_large_originals(24)
 
 
 def pictures(x):  # [-1, 1] -> PIL
     return tensor_to_pil(((x + 1) / 2).clamp(0, 1))
 
 
-for name, ims in (("small originals (<= 40 px)", small[:24]), ("large originals (>= 128 px)", large[:24])):
+for name, ims in (("small originals (<= 40 px)", small), ("large originals (>= 128 px)", large)):
     x = to_images(np.stack(ims))
     with torch.no_grad():
         z = vae.encode(x).mean
