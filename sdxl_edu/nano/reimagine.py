@@ -43,7 +43,7 @@ from . import SDXL_SCHEDULE, VISION_LIKE
 from .batches import load_data, load_latents, nano_tokenizers, noisy_latents
 from .clip import clip_pixels
 from .loop import Run, fit
-from .stages import STEPS, new_unet
+from .stages import STEPS, new_unet, trained, trained_clip, trained_vae
 
 NANO_REIMAGINE = UNetConfig(channels=(32, 64, 64), num_res_blocks=(1, 2, 2), transformer_depth=(0, 1, 1),
                             transformer_depth_middle=1, num_head_channels=32, context_dim=128,
@@ -122,15 +122,19 @@ def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64,
     fit(run, "reimagine", {"unet": unet}, loss_fn, STEPS["reimagine"], lr=3e-4)
 
 
-def export_reimagine(run: Run, weights: Path, vae, text_encoder_2, image_encoder, unet: UNet,
-                     scheduler: dict = REIMAGINE_SCHEDULER) -> Path:
-    """nano Reimagine as one file in Stable unCLIP's released layout (`load_variation_pipeline`),
-    fp16 but for the embedding statistics; the file carries `scheduler`, the one it was trained on."""
+def export_reimagine(run: Run, weights: Path, scheduler: dict = REIMAGINE_SCHEDULER) -> Path:
+    """The run's nano Reimagine (the stage's EMA UNet, the run's autoencoder, second text
+    encoder and image tower) as one file in Stable unCLIP's released layout
+    (`load_variation_pipeline`), fp16 but for the embedding statistics; the file carries
+    `scheduler`, the one the stage was trained on."""
     from ..loading import save_single_file
 
     augment = CLIPEmbeddingNoiseAugmentation(NANO_REIMAGINE.adm_in_channels // 2)
     augment.load_state_dict(torch.load(run.out / "reimagine_stats.pt", weights_only=True))
+    vae, (_, text_encoder_2, image_encoder) = trained_vae(run), trained_clip(run)
+    unet = trained(run, "reimagine", UNet(NANO_REIMAGINE))
     vae.config = dataclasses.replace(vae.config, scaling_factor=vae.scaling_factor)
+    weights.mkdir(parents=True, exist_ok=True)
     path = weights / "nano_reimagine.safetensors"
     save_single_file(path, unet.half(), vae.half(), text_encoder_2.half(),
                      extra={"default_size": 128, "scheduler": scheduler},

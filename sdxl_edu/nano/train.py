@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
-from ..model.unet import UNet
 from ..sampling.schedule import NoiseSchedule
 from . import NANO_SCHEDULER, SDXL_SCHEDULE, WEIGHTS
 from .loop import Run
-from .reimagine import NANO_REIMAGINE, export_reimagine, stage_reimagine
+from .reimagine import export_reimagine, stage_reimagine
 from .stages import SAMPLES_PER_BUCKET, STAGES, STEPS, save_clip, shipped_image_encoder, stage_base, \
-    stage_classifiers, stage_clip, stage_data, stage_export, stage_latents, stage_refiner, stage_vae, trained, \
-    trained_clip, trained_vae
+    stage_classifiers, stage_clip, stage_data, stage_export, stage_latents, stage_refiner, stage_vae, trained_clip, \
+    trained_vae
 
 QUICK_SAMPLES_PER_BUCKET, QUICK_STEPS = 300, 3
 STEP_OWNERS = {"vae_pictures": "vae", "classifier": "classifiers", "evaluator": "classifiers"}  # step names -> stage
@@ -172,8 +171,7 @@ def main(argv=None) -> None:
         elif stage == "export":
             stage_export(run, Path(args.weights))
             if run.done("reimagine"):
-                export_reimagine(run, Path(args.weights), trained_vae(run), *trained_clip(run)[1:],
-                                 trained(run, "reimagine", UNet(NANO_REIMAGINE)))
+                export_reimagine(run, Path(args.weights))
         if stage not in ("data", "vae"):
             run.mark_done(stage)
 

@@ -11,14 +11,8 @@
 import sys
 from pathlib import Path
 
-from sdxl_edu.model.unet import UNet
 from sdxl_edu.nano.loop import Run
-from sdxl_edu.nano.reimagine import NANO_REIMAGINE, export_reimagine
-from sdxl_edu.nano.stages import trained, trained_clip, trained_vae
+from sdxl_edu.nano.reimagine import export_reimagine
 
 run = Run(Path(sys.argv[1]), seed=1)
-weights = run.out / "weights"
-weights.mkdir(exist_ok=True)
-text_encoder_2, image_encoder = trained_clip(run)[1:]
-unet = trained(run, "reimagine", UNet(NANO_REIMAGINE))
-print(export_reimagine(run, weights, trained_vae(run), text_encoder_2, image_encoder, unet))
+print(export_reimagine(run, run.out / "weights"))

@@ -18,18 +18,12 @@ from pathlib import Path
 
 import torch
 
-from sdxl_edu.model.unet import UNet
 from sdxl_edu.nano import NANO_SCHEDULER
 from sdxl_edu.nano.loop import Run
-from sdxl_edu.nano.reimagine import NANO_REIMAGINE, export_reimagine, stage_reimagine
-from sdxl_edu.nano.stages import trained, trained_clip, trained_vae
+from sdxl_edu.nano.reimagine import export_reimagine, stage_reimagine
+from sdxl_edu.nano.stages import trained_clip
 
 torch.set_num_threads(2)
 run = Run(Path(sys.argv[1]), seed=0)
-text_encoder_2, image_encoder = trained_clip(run)[1:]
-stage_reimagine(run, text_encoder_2, image_encoder, scheduler=NANO_SCHEDULER)
-weights = run.out / "weights"
-weights.mkdir(exist_ok=True)
-unet = trained(run, "reimagine", UNet(NANO_REIMAGINE))
-print(export_reimagine(run, weights, trained_vae(run), text_encoder_2, image_encoder, unet,
-                       scheduler=NANO_SCHEDULER))
+stage_reimagine(run, *trained_clip(run)[1:], scheduler=NANO_SCHEDULER)
+print(export_reimagine(run, run.out / "weights", scheduler=NANO_SCHEDULER))
