@@ -36,7 +36,6 @@ from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained, trained_vae
 from sdxl_edu.sampling.schedule import NoiseSchedule
 
-torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 cache = Path("runs/probes/reimagine_data.npz")
 pipe = load_variation_pipeline(WEIGHTS / "nano_reimagine.safetensors")
 
@@ -106,8 +105,10 @@ def score(mode: str, steps: int) -> None:
               f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", flush=True)
 
 
-if sys.argv[1] == "data":
-    make_data()
-else:
-    pipe.unet = train(sys.argv[1], int(sys.argv[2]))
-    score(sys.argv[1], int(sys.argv[2]))
+if __name__ == "__main__":  # `reimagine_continued.py` imports TokenUNet and score
+    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    if sys.argv[1] == "data":
+        make_data()
+    else:
+        pipe.unet = train(sys.argv[1], int(sys.argv[2]))
+        score(sys.argv[1], int(sys.argv[2]))
