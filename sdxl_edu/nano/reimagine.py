@@ -93,6 +93,24 @@ def empty_prompt_context(text_encoder_2) -> torch.Tensor:
     return conditioner.encode_text([""])[0]
 
 
+def training_y(rng, augment: CLIPEmbeddingNoiseAugmentation, embeds: torch.Tensor) -> torch.Tensor:
+    """Stable unCLIP's y for a training batch of picture embeddings (B, d): each noise-augmented
+    at a level uniform over 0..999, then zeroed with probability `EMBEDDING_DROPOUT` (25%), the
+    unconditional input that guidance compares against. Draws levels, noise, then dropout from
+    `rng`, in that order.
+
+    >>> augment = embedding_statistics(torch.randn(10, 4))
+    >>> y = training_y(np.random.default_rng(0), augment, torch.randn(1000, 4))
+    >>> y.shape, 0.2 < float((y == 0).all(1).float().mean()) < 0.3  # (B, 2d): embedding, level
+    (torch.Size([1000, 8]), True)
+    """
+    batch = len(embeds)
+    levels = torch.from_numpy(rng.integers(0, augment.max_noise_level, batch))
+    noise = torch.from_numpy(rng.standard_normal(embeds.shape).astype(np.float32))
+    keep = torch.from_numpy(rng.random(batch) >= EMBEDDING_DROPOUT).float()
+    return drop_embeddings(augment(embeds, levels, noise), keep)
+
+
 def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64,
                     scheduler: dict = REIMAGINE_SCHEDULER, init=None) -> None:
     """The variations UNet on the square bucket's cached latents: y from the picture's own
@@ -111,10 +129,7 @@ def stage_reimagine(run: Run, text_encoder_2, image_encoder, batch: int = 64,
     def loss_fn(rng):
         idx = rng.integers(0, len(embeds), batch)
         x0 = torch.from_numpy(latents["clean"][idx]).float()
-        levels = torch.from_numpy(rng.integers(0, augment.max_noise_level, batch))
-        noise = torch.from_numpy(rng.standard_normal((batch, embeds.shape[1])).astype(np.float32))
-        keep = torch.from_numpy(rng.random(batch) >= EMBEDDING_DROPOUT).float()
-        y = drop_embeddings(augment(embeds[idx], levels, noise), keep)
+        y = training_y(rng, augment, embeds[idx])
         x_t, t, eps = noisy_latents(rng, schedule, x0)
         prediction = unet(x_t, t, context.expand(batch, -1, -1), y)
         return F.mse_loss(prediction, schedule.training_target(x0, t, eps))

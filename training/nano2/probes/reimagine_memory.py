@@ -45,7 +45,8 @@ def training_scenes() -> list:
             objects = [SimpleNamespace(shape=SHAPES[s], colour=list(COLOURS)[c]) for s, c in rows[:, :2]]
             scenes.append(SimpleNamespace(image=image, objects=objects, object_map=object_map))
         if len(scenes) == n:
-            return scenes
+            break
+    return scenes
 
 
 for name, scenes in (("training scenes", training_scenes()),

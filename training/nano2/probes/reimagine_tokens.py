@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdxl_edu.loading import load_variation_pipeline
-from sdxl_edu.model.unclip import EMBEDDING_DROPOUT, drop_embeddings
 from sdxl_edu.model.unet import UNet
 from sdxl_edu.nano import EVALUATOR_FILE, WEIGHTS
 from sdxl_edu.nano.batches import noisy_latents, to_images
@@ -29,7 +28,7 @@ from sdxl_edu.nano.bench import rate
 from sdxl_edu.nano.classifiers import load_evaluator
 from sdxl_edu.nano.loop import Run, fit
 from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedding_statistics, empty_prompt_context,
-                                     picture_embeddings)
+                                     picture_embeddings, training_y)
 from sdxl_edu.nano.reimagine_bench import by_objects, compare, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
@@ -76,10 +75,7 @@ def train(mode: str, steps: int) -> torch.nn.Module:
 
     def loss_fn(rng, batch=64):
         idx = rng.integers(0, len(embeds), batch)
-        levels = torch.from_numpy(rng.integers(0, augment.max_noise_level, batch))
-        noise = torch.from_numpy(rng.standard_normal((batch, embeds.shape[1])).astype(np.float32))
-        keep = torch.from_numpy(rng.random(batch) >= EMBEDDING_DROPOUT).float()
-        y = drop_embeddings(augment(embeds[idx], levels, noise), keep)
+        y = training_y(rng, augment, embeds[idx])
         x_t, t, eps = noisy_latents(rng, schedule, latents[idx])
         return F.mse_loss(unet(x_t, t, context.expand(batch, -1, -1), y),
                           schedule.training_target(latents[idx], t, eps))
