@@ -2,7 +2,7 @@
 # nano Reimagine, as SD 2.1 unCLIP, reads the CLIP image embedding only through y, a shift of the timestep
 # embedding with no place in it; its variations of two distinct objects keep both in 18% although the
 # embedding binds colour to shape (`reimagine_binding.py`). DALL-E 2's decoder also projects the embedding
-# into four extra tokens of cross-attention context (Ramesh et al. 2022, section 2.1). Three runs, the same
+# into four extra tokens of cross-attention context (Ramesh et al. 2022, section 2.1). Four runs, the same
 # in all else (stage_reimagine's loss, batch, learning rate, seeds and data), trained from scratch:
 #   y       the shipped recipe
 #   tokens  y, and the noised embedding (y's first half) projected into 4 tokens appended to the context;
@@ -13,6 +13,11 @@
 #           Rule, written before scoring: capacity helps if two distinct objects are both kept more often
 #           than y's 18.8% [13.9, 24.9] at the same 2500 steps with the difference's interval clear of
 #           zero; it explains the gap if it also passes the narrow UNet's plateau (28.6% at 18000 steps)
+#   oracle  y, with the CLIP embedding replaced by the scene's truth: how much of each of the 15 (shape, colour)
+#           pairs it shows (each object counted by its visible fraction), tiled to the embedding's 128
+#           dimensions. An input that binds colour to shape exactly: can y, a per-channel shift, carry
+#           binding at all? Rule, written before scoring: the y path can bind if two distinct objects are
+#           both kept more often than y's 18.8% with the difference's interval clear of zero
 # Data: 16,000 square scenes from seed 90,000 (never scored), encoded by the shipped autoencoder; cached in
 # runs/probes/reimagine_data.npz by `python .../reimagine_tokens.py data`. Scored as `reimagine_binding.py`
 # scores the shipped model: variations of the validation scenes (seed 60,000), generation seeds 10-13.
@@ -37,6 +42,7 @@ from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedd
                                      picture_embeddings, training_y)
 from sdxl_edu.nano.reimagine_bench import by_objects, compare, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
+from sdxl_edu.nano.data import COLOURS, SHAPES
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained, trained_vae
 from sdxl_edu.sampling.schedule import NoiseSchedule
@@ -65,10 +71,24 @@ def new_unet(mode: str) -> UNet:
     return UNet(dataclasses.replace(NANO_REIMAGINE, channels=(64, 128, 128)) if mode == "wide" else NANO_REIMAGINE)
 
 
+def data_scenes(n: int = 16_000) -> list:
+    rng = np.random.default_rng(90_000)
+    return [make_scene(rng, BUCKETS[0]) for _ in range(n)]
+
+
+def oracle_embeddings(scenes) -> torch.Tensor:
+    pairs = [(shape, colour) for shape in SHAPES for colour in COLOURS]
+    truth = torch.zeros(len(scenes), len(pairs))
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            truth[i, pairs.index((o.shape, o.colour))] += o.visible
+    width = NANO_REIMAGINE.adm_in_channels // 2
+    return truth.repeat(1, width // len(pairs) + 1)[:, :width]
+
+
 @torch.no_grad()
 def make_data(n: int = 16_000) -> None:
-    rng = np.random.default_rng(90_000)
-    images = np.stack([make_scene(rng, BUCKETS[0]).image for _ in range(n)])
+    images = np.stack([scene.image for scene in data_scenes(n)])
     vae = trained_vae(Run(Path("training/nano2"), 0))
     latents = torch.cat([vae.encode(to_images(images[i:i + 128])).mean * vae.scaling_factor
                          for i in range(0, n, 128)])
@@ -78,6 +98,8 @@ def make_data(n: int = 16_000) -> None:
 def train(mode: str, steps: int) -> torch.nn.Module:
     data = np.load(cache)
     latents, embeds = torch.from_numpy(data["latents"]), torch.from_numpy(data["embeds"])
+    if mode == "oracle":
+        embeds = oracle_embeddings(data_scenes(len(embeds)))
     augment = embedding_statistics(embeds)
     context = empty_prompt_context(pipe.text_encoder_2)
     schedule = NoiseSchedule.from_config(REIMAGINE_SCHEDULER)
@@ -101,16 +123,27 @@ def score(mode: str, steps: int) -> None:
     evaluator = load_evaluator(WEIGHTS / EVALUATOR_FILE.name)
     for name, scenes in by_objects(input_scenes(150, seed=60_000)).items():
         images = [Image.fromarray(sc.image) for sc in scenes]
-        kept, counts = [], []
+        kept, counts, swapped, read = [], [], [], []
         for seed in range(10, 14):
-            variations = pipe(images, seed=seed, num_inference_steps=20, progress=False).images
+            given = dict(image_embeds=oracle_embeddings(scenes)) if mode == "oracle" else dict(image=images)
+            variations = pipe(**given, seed=seed, num_inference_steps=20, progress=False).images
             for sc, objects in zip(scenes, read_objects(evaluator, variations)):
                 kept.append(compare(sc, objects)[0])
                 counts.append(len(objects) == len(sc.objects))
+                swapped.append(bool(swaps(sc, objects)))
+                read.append(len(objects))
         k, c = rate(kept), rate(counts)
         print(f"{mode} {steps}, {name}: every object kept {100 * k['rate']:.1f}% [{100 * k['low']:.1f}, "
               f"{100 * k['high']:.1f}] of {k['n']}; as many objects as the input {100 * c['rate']:.1f}% "
-              f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", flush=True)
+              f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]; one's colour on another's shape "
+              f"{100 * np.mean(swapped):.1f}%; median objects read {np.median(read):g}", flush=True)
+
+
+def swaps(scene, objects) -> set:
+    """The (shape, colour) pairs read that join one input object's shape to another's colour."""
+    truth = {(o.shape, o.colour) for o in scene.objects}
+    crossed = {(a.shape, b.colour) for a in scene.objects for b in scene.objects} - truth
+    return crossed & {(r.shape, r.colour) for r in objects}
 
 
 if __name__ == "__main__":  # `reimagine_continued.py` imports TokenUNet and score
