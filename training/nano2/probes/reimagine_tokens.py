@@ -1,4 +1,4 @@
-# Would a second path for the picture's embedding let nano Reimagine draw two objects?
+# What would let nano Reimagine draw two objects: a second path for the embedding, width, or an exact input?
 # nano Reimagine, as SD 2.1 unCLIP, reads the CLIP image embedding only through y, a shift of the timestep
 # embedding with no place in it; its variations of two distinct objects keep both in 18% although the
 # embedding binds colour to shape (`reimagine_binding.py`). DALL-E 2's decoder also projects the embedding
@@ -37,12 +37,12 @@ from sdxl_edu.nano import EVALUATOR_FILE, WEIGHTS
 from sdxl_edu.nano.batches import noisy_latents, to_images
 from sdxl_edu.nano.bench import rate
 from sdxl_edu.nano.classifiers import load_evaluator
+from sdxl_edu.nano.data import COLOURS, SHAPES
 from sdxl_edu.nano.loop import Run, fit
 from sdxl_edu.nano.reimagine import (NANO_REIMAGINE, REIMAGINE_SCHEDULER, embedding_statistics, empty_prompt_context,
                                      picture_embeddings, training_y)
 from sdxl_edu.nano.reimagine_bench import by_objects, compare, input_scenes
 from sdxl_edu.nano.scene_reading import read_objects
-from sdxl_edu.nano.data import COLOURS, SHAPES
 from sdxl_edu.nano.scenes import BUCKETS, make_scene
 from sdxl_edu.nano.stages import trained, trained_vae
 from sdxl_edu.sampling.schedule import NoiseSchedule
@@ -66,17 +66,20 @@ class TokenUNet(UNet):
 
 
 def new_unet(mode: str) -> UNet:
+    """The run's UNet: the shipped config, with context tokens or twice the width."""
     if mode == "tokens":
         return TokenUNet(NANO_REIMAGINE)
     return UNet(dataclasses.replace(NANO_REIMAGINE, channels=(64, 128, 128)) if mode == "wide" else NANO_REIMAGINE)
 
 
 def data_scenes(n: int = 16_000) -> list:
+    """The training scenes, regenerated in the order `make_data` encoded them."""
     rng = np.random.default_rng(90_000)
     return [make_scene(rng, BUCKETS[0]) for _ in range(n)]
 
 
 def oracle_embeddings(scenes) -> torch.Tensor:
+    """(N, 128): each scene's visible amount of every (shape, colour) pair, the 15 values tiled."""
     pairs = [(shape, colour) for shape in SHAPES for colour in COLOURS]
     truth = torch.zeros(len(scenes), len(pairs))
     for i, scene in enumerate(scenes):
