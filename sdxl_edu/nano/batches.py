@@ -92,18 +92,21 @@ def micro_ids(d: dict, idx: np.ndarray, target_size: tuple[int, int] | None = No
                         for i, score in zip(idx, scores)])
 
 
-def noisy_latents(rng, schedule: NoiseSchedule, x0: torch.Tensor, t_max: int = 1000):
-    """x_t = q_sample(x0, t, eps) with t uniform over 0 .. t_max - 1 and eps ~ N(0, I), drawn
+def noisy_latents(rng, schedule: NoiseSchedule, x0: torch.Tensor, t_max: int = 1000, t_min: int = 0):
+    """x_t = q_sample(x0, t, eps) with t uniform over t_min .. t_max - 1 and eps ~ N(0, I), drawn
     in that order from `rng`. Returns (x_t, t, eps); the UNet's target is
-    `schedule.training_target(x0, t, eps)`.
+    `schedule.training_target(x0, t, eps)`. A narrower range trains one part of the schedule
+    only (a refiner's low t, or a probe's noisy half).
 
     >>> from sdxl_edu.nano import NANO_SCHEDULER
     >>> schedule = NoiseSchedule.from_config(NANO_SCHEDULER)
     >>> x_t, t, eps = noisy_latents(np.random.default_rng(0), schedule, torch.ones(3, 4, 2, 2), t_max=200)
     >>> x_t.shape, bool(t.max() < 200), torch.equal(x_t, schedule.q_sample(torch.ones(3, 4, 2, 2), t, eps))
     (torch.Size([3, 4, 2, 2]), True, True)
+    >>> bool(noisy_latents(np.random.default_rng(0), schedule, torch.ones(64, 4, 2, 2), t_min=500)[1].min() >= 500)
+    True
     """
-    t = torch.from_numpy(rng.integers(0, t_max, len(x0)))
+    t = torch.from_numpy(rng.integers(t_min, t_max, len(x0)))
     eps = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
     return schedule.q_sample(x0, t, eps), t, eps
 

@@ -62,12 +62,7 @@ def loss_fn(rng, batch=64):
     idx = rng.choice(len(embeds), batch, p=p)
     x0 = torch.from_numpy(latents["clean"][idx]).float()
     y = training_y(rng, augment, embeds[idx])
-    if mode == "late":
-        t = torch.from_numpy(rng.integers(500, 1000, batch))
-        eps = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
-        x_t = schedule.q_sample(x0, t, eps)
-    else:
-        x_t, t, eps = noisy_latents(rng, schedule, x0)
+    x_t, t, eps = noisy_latents(rng, schedule, x0, t_min=500 if mode == "late" else 0)
     return F.mse_loss(unet(x_t, t, context.expand(batch, -1, -1), y), schedule.training_target(x0, t, eps))
 
 
